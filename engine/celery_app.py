@@ -1,0 +1,157 @@
+"""The Celery app: `celery -A engine.celery_app worker -l info` starts a worker.
+
+Each setting below is chosen for self-rescheduling tick chains; the comment says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+from celery.apps import worker as celery_worker_module
+from celery.apps.beat import Beat
+from celery.apps.worker import Worker
+from celery.schedules import crontab
+
+from engine import logging as elog
+from engine.settings import get_settings
+
+TICK_QUEUE = "ticks"
+MAINTENANCE_QUEUE = "maintenance"
+
+settings = get_settings()
+
+app = Celery("botengine", include=["engine.tasks"])
+app.conf.update(
+    broker_url=settings.celery_broker_url,
+    result_backend=settings.celery_result_backend,
+    # JSON only: a pickle payload from a compromised broker would be code execution.
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    # Ticks and maintenance never wait behind each other: a reconciler pass must run
+    # even when thousands of ticks are queued.
+    task_default_queue=MAINTENANCE_QUEUE,
+    task_routes={"engine.tick": {"queue": TICK_QUEUE}},
+    # A tick is acknowledged after it ran, so a worker killed mid-tick leaves the message
+    # for redelivery; the slot claim makes the redelivered copy harmless.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # Unacked (and ETA) messages come back after this many seconds (celery #2481);
+    # countdowns are kept below it by the ETA horizon (see engine/schedule.py).
+    broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+    result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+    # Prefetch one message per thread; ETA messages are held regardless of this limit.
+    worker_prefetch_multiplier=1,
+    # The per-bot lock TTL is derived from this, so a stuck tick can never hold a bot.
+    task_time_limit=settings.tick_time_limit_s,
+    task_soft_time_limit=max(1, settings.tick_time_limit_s - 5),
+    # Results are for the API's task endpoints; ticks ignore theirs (see engine/tasks.py).
+    task_track_started=True,
+    result_expires=3600,
+    # On shutdown give running ticks time to finish and hand ETA messages back to the
+    # broker instead of letting them wait out the visibility timeout (celery #3501).
+    worker_soft_shutdown_timeout=10.0,
+    worker_enable_soft_shutdown_on_idle=True,
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    broker_connection_retry_on_startup=True,
+    # Our own JSON logging replaces Celery's handlers (see on_setup_logging).
+    worker_hijack_root_logger=False,
+    worker_redirect_stdouts=True,
+    timezone=settings.timezone,
+    enable_utc=True,
+    beat_schedule={
+        "reconcile": {
+            "task": "engine.reconcile",
+            "schedule": settings.reconcile_every_s,
+            # A late beat must not pile up passes: an old one is useless.
+            "options": {"expires": settings.reconcile_every_s},
+        },
+        "price-snapshot": {
+            "task": "engine.price_snapshot",
+            "schedule": crontab(minute="0"),
+            "options": {"expires": 1800},
+        },
+        "cleanup": {
+            "task": "engine.cleanup",
+            "schedule": crontab(minute="0", hour="2"),
+            "options": {"expires": 3600},
+        },
+        "cache-cleanup": {
+            "task": "engine.cache_cleanup",
+            "schedule": crontab(minute="15", hour="*/6"),
+            "options": {"expires": 3600},
+        },
+    },
+)
+
+
+class _JsonWorker(Worker):  # type: ignore[misc]
+    """Worker whose ASCII banner is replaced by a JSON `worker.ready` line."""
+
+    def on_before_init(self, quiet: bool = False, **kwargs: Any) -> None:
+        # Before Celery's own start-up checks, whose warnings would otherwise be plain text.
+        _install_logging(settings.log_level)
+        super().on_before_init(quiet=True, **kwargs)
+
+
+class _JsonBeat(Beat):  # type: ignore[misc]
+    """Beat without its ASCII banner, which no log shipper can parse."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        _install_logging(settings.log_level)
+        kwargs["quiet"] = True
+        super().__init__(*args, **kwargs)
+
+
+def _say_as_json(msg: str, f: Any = None) -> None:
+    """Stand-in for Celery's `safe_say`, which prints shutdown notices as bare text."""
+    elog.get_logger("celery.worker").warning(msg.strip())
+
+
+# The shutdown handlers call the module-level `safe_say`; replacing it is the only hook
+# that keeps "worker: Warm shutdown" a JSON line.
+celery_worker_module.safe_say = _say_as_json
+app.Worker = app.subclass_with_self(_JsonWorker)
+app.Beat = app.subclass_with_self(_JsonBeat)
+
+
+def _install_logging(level: str) -> None:
+    elog.configure_logging(level, settings.log_format)
+    elog.register_secrets(settings.secret_values())
+
+
+@signals.setup_logging.connect
+def on_setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Install structlog JSON logging instead of Celery's plain-text handlers."""
+    if isinstance(loglevel, int):
+        _install_logging(logging.getLevelName(loglevel))
+    else:
+        _install_logging(loglevel or settings.log_level)
+
+
+@signals.celeryd_after_setup.connect
+def on_worker_setup(sender: str, instance: Any, **_: Any) -> None:
+    """Route stray prints to the JSON log and announce the worker in one JSON line."""
+    app.log.redirect_stdouts_to_logger(logging.getLogger("celery.redirected"))
+    elog.get_logger("engine.worker").info(
+        "worker.ready",
+        hostname=sender,
+        pool=type(instance.pool_cls).__name__ if instance.pool_cls else None,
+        concurrency=instance.concurrency,
+        queues=sorted(instance.app.amqp.queues.keys()),
+    )
+
+
+@signals.task_prerun.connect
+def on_task_start(task_id: str, task: Any, **_: Any) -> None:
+    """Bind the task id and name to every log line the task writes."""
+    elog.clear()
+    elog.bind(task_id=task_id, task_name=task.name)
+
+
+@signals.task_postrun.connect
+def on_task_end(**_: Any) -> None:
+    """Forget the finished task's log context (threads are reused)."""
+    elog.clear()

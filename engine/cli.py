@@ -1,0 +1,311 @@
+"""The `botengine` command line (also `python -m engine`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import Session, col, select
+
+from engine.errors import BotConfigError, BotEngineError, BrokerUnavailableError
+from engine.models import Bot, Tick
+from engine.schedule import due_at
+
+app = typer.Typer(
+    name="botengine",
+    help="Run many trading bots on shared Celery workers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+out = Console()
+err = Console(stderr=True)
+
+NO_BROKER = (
+    "cannot reach the broker/Redis at {url}: start Redis, or run everything embedded with "
+    "`make demo`, or one bot in-process with `botengine run FILE`"
+)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    # soft_wrap: one message is one line, whatever the terminal width.
+    err.print(message, markup=False, highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _runtime(require_broker: bool = True) -> Any:
+    from engine.db import migrate  # lazy: alembic and the runtime load in ~0.3 s
+    from engine.embedded import reachable
+    from engine.runtime import get_runtime
+    from engine.settings import get_settings, redact_url
+
+    settings = get_settings()
+    if require_broker:
+        for url in (settings.redis_url, settings.celery_broker_url):
+            if url.startswith(("redis://", "rediss://")) and not reachable(url):
+                raise _fail(NO_BROKER.format(url=redact_url(url)))
+    migrate(settings.database_url)
+    return get_runtime()
+
+
+def _configure_cli_logging() -> None:
+    from engine.logging import configure_logging, register_secrets
+    from engine.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(
+        "WARNING" if settings.log_level == "INFO" else settings.log_level,
+        settings.log_format,
+        stream=sys.stderr,
+    )
+    register_secrets(settings.secret_values())
+
+
+@app.callback()
+def _main() -> None:
+    """Run many trading bots on shared Celery workers."""
+    _configure_cli_logging()
+
+
+@app.command()
+def validate(files: Annotated[list[Path], typer.Argument(help="Bot YAML files")]) -> None:
+    """Check bot config files without starting anything."""
+    from engine.config import load_bot_config
+
+    failed = False
+    for path in files:
+        try:
+            config = load_bot_config(path)
+            out.print(
+                f"{path}: ok ({config.name}, {config.strategy.name}, {config.symbol})",
+                markup=False,
+                highlight=False,
+            )
+        except BotConfigError as exc:
+            failed = True
+            for problem in exc.problems:
+                err.print(problem, markup=False, highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("start-bot")
+def start_bot(file: Annotated[Path, typer.Argument(help="Bot YAML file")]) -> None:
+    """Start a bot (idempotent; a changed config takes effect from the next slot)."""
+    from engine.config import load_bot_config
+    from engine.lifecycle import start
+
+    try:
+        config = load_bot_config(file)
+    except BotConfigError as exc:
+        raise _fail(str(exc)) from None
+    result = start(_runtime(), config, source=str(file))
+    out.print(f"{result.bot}: {result.change.value} (generation {result.generation})")
+
+
+def _lifecycle(command: str, name: str) -> None:
+    from engine import lifecycle
+
+    try:
+        result = getattr(lifecycle, command)(_runtime(), name)
+    except BotEngineError as exc:
+        raise _fail(str(exc)) from None
+    note = "" if result.drained else " (a tick was still running at the time limit)"
+    out.print(f"{result.bot}: {result.change.value} (generation {result.generation}){note}")
+
+
+@app.command("stop-bot")
+def stop_bot(name: str) -> None:
+    """Stop a bot; when this returns it sends no further order."""
+    _lifecycle("stop", name)
+
+
+@app.command("pause-bot")
+def pause_bot(name: str) -> None:
+    """Pause a bot (resume-bot restarts it with the same config)."""
+    _lifecycle("pause", name)
+
+
+@app.command("resume-bot")
+def resume_bot(name: str) -> None:
+    """Resume a paused or errored bot."""
+    _lifecycle("resume", name)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value else None
+
+
+def bot_summary(bot: Bot) -> dict[str, Any]:
+    """One bot's status as a JSON-able dict (CLI `status --json` and the API)."""
+    running = bot.status == "running"
+    next_due = due_at(bot.origin, bot.interval_s, bot.next_slot) if running else None
+    return {
+        "name": bot.name,
+        "status": bot.status,
+        "generation": bot.generation,
+        "interval_s": bot.interval_s,
+        "last_tick_at": _iso(bot.last_tick_at),
+        "next_due_at": datetime.fromtimestamp(next_due, UTC).isoformat() if next_due else None,
+        "ticks_ok": bot.ticks_ok,
+        "ticks_failed": bot.ticks_failed,
+        "ticks_missed": bot.ticks_missed,
+        "orders": bot.orders_sent,
+        "last_error": bot.last_error,
+    }
+
+
+def status_table(rows: list[dict[str, Any]]) -> Table:
+    """The status table shown by `status` and the demo."""
+    table = Table(
+        "name",
+        "status",
+        "gen",
+        "interval",
+        "last tick",
+        "next due",
+        "ok",
+        "failed",
+        "missed",
+        "orders",
+    )
+    for r in rows:
+        table.add_row(
+            r["name"],
+            r["status"],
+            str(r["generation"]),
+            f"{r['interval_s']:g}s",
+            (r["last_tick_at"] or "-")[11:19],
+            (r["next_due_at"] or "-")[11:19],
+            str(r["ticks_ok"]),
+            str(r["ticks_failed"]),
+            str(r["ticks_missed"]),
+            str(r["orders"]),
+        )
+    return table
+
+
+def _engine() -> Any:
+    from engine.db import engine_for, migrate
+    from engine.settings import get_settings
+
+    url = get_settings().database_url
+    migrate(url)
+    return engine_for(url)
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False) -> None:
+    """Show every bot: status, generation, schedule and counters."""
+    with Session(_engine()) as session:
+        rows = [bot_summary(b) for b in session.exec(select(Bot).order_by(Bot.name))]
+    if as_json:
+        out.print_json(json.dumps(rows))
+    else:
+        out.print(status_table(rows))
+
+
+def tick_row(tick: Tick) -> dict[str, Any]:
+    """One tick record as a JSON-able dict."""
+    return {
+        "generation": tick.generation,
+        "slot": tick.slot,
+        "due_at": _iso(tick.due_at),
+        "started_at": _iso(tick.started_at),
+        "finished_at": _iso(tick.finished_at),
+        "lateness_ms": round(tick.lateness_ms, 3),
+        "duration_ms": round(tick.duration_ms, 3),
+        "outcome": tick.outcome,
+        "error": tick.error,
+        "orders": tick.orders,
+    }
+
+
+@app.command()
+def ticks(
+    name: str,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Most recent N ticks")] = 20,
+) -> None:
+    """List a bot's most recent ticks."""
+    with Session(_engine()) as session:
+        if session.get(Bot, name) is None:
+            raise _fail(f"no bot named {name!r}")
+        query = (
+            select(Tick).where(Tick.bot == name).order_by(col(Tick.started_at).desc()).limit(limit)
+        )
+        rows = [tick_row(t) for t in session.exec(query)]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("gen", "slot", "due", "lateness ms", "duration ms", "outcome", "orders", "error")
+    for r in rows:
+        table.add_row(
+            str(r["generation"]),
+            str(r["slot"]),
+            r["due_at"][11:23],
+            f"{r['lateness_ms']:.1f}",
+            f"{r['duration_ms']:.1f}",
+            r["outcome"],
+            str(r["orders"]),
+            r["error"] or "",
+        )
+    out.print(table)
+
+
+@app.command()
+def ping(timeout: float = 10.0) -> None:
+    """Send the `ping` task to a worker and print its answer."""
+    from engine.embedded import reachable
+    from engine.settings import get_settings, redact_url
+    from engine.tasks import ping as ping_task
+
+    broker = get_settings().celery_broker_url
+    if broker.startswith("redis") and not reachable(broker):
+        raise _fail(NO_BROKER.format(url=redact_url(broker)))
+    try:
+        answer = ping_task.delay().get(timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "no worker answered"
+        raise _fail(f"no worker answered within {timeout:g}s ({type(exc).__name__})") from None
+    out.print_json(json.dumps(answer))
+
+
+@app.command()
+def schema(
+    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+) -> None:
+    """Print (or write) the JSON Schema of bot config files, for editors."""
+    from engine.config import config_json_schema
+
+    text = json.dumps(config_json_schema(), indent=2, sort_keys=True) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every pending migration to DATABASE_URL."""
+    _engine()
+    out.print("database is up to date")
+
+
+def main() -> None:
+    """Console-script entry point: expected errors become one line, not a traceback."""
+    try:
+        app()
+    except BrokerUnavailableError as exc:
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except BotEngineError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(1)

@@ -1,0 +1,261 @@
+"""Claims, locks and the schedule mirror in Redis: the tick protocol's shared state.
+
+The database is the authority on every bot; Redis mirrors the hot fields (status,
+generation, origin, interval, next slot) so that a tick's guard, claim and successor
+compare-and-set each cost one round trip, done atomically in Lua.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+import redis
+
+SCHEDULE = "schedule"  # zset: running bot -> due time of its next slot
+PARKED = "parked"  # zset: bots whose next slot is too far away for an ETA message
+
+
+def bot_key(bot: str) -> str:
+    """Hash mirroring a bot's hot fields."""
+    return f"bot:{bot}"
+
+
+def claim_key(bot: str, generation: int, slot: int) -> str:
+    """The key whose SET NX claims a slot."""
+    return f"claim:{bot}:{generation}:{slot}"
+
+
+def lock_key(bot: str) -> str:
+    """The per-bot mutual exclusion lock."""
+    return f"lock:{bot}"
+
+
+def worker_key(worker_id: str) -> str:
+    """Heartbeat of one worker process; a missing key means the process is gone."""
+    return f"worker:{worker_id}"
+
+
+class Verdict(StrEnum):
+    """What the guard and claim decided about a tick."""
+
+    RUN = "run"
+    DROPPED = "dropped"  # bot not running, or another generation
+    STALE = "stale"  # the schedule is past this slot already (a redelivered message)
+    DUPLICATE = "duplicate"  # another copy of this slot claimed it first
+    MISSING = "missing"  # Redis lost the mirror; the reconciler restores it
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    """The hot fields of a bot as Redis holds them."""
+
+    status: str
+    generation: int
+    origin: float
+    interval: float
+    next_slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    """The answer of `begin`: the verdict and, when known, the mirror."""
+
+    verdict: Verdict
+    mirror: Mirror | None = None
+
+
+class Coordinator(Protocol):
+    """Shared state the tick needs; Redis in production, memory in `botengine run`."""
+
+    def begin(self, bot: str, generation: int, slot: int, worker: str) -> Begin:
+        """Guard and claim `slot` in one step."""
+        ...
+
+    def finish(self, bot: str, generation: int, slot: int) -> None:
+        """Mark a claimed slot as run to completion."""
+        ...
+
+    def lock(self, bot: str, ttl: float, wait: float) -> AbstractContextManager[bool]:
+        """Per-bot mutual exclusion; yields whether the lock was acquired."""
+        ...
+
+    def generation(self, bot: str) -> int | None:
+        """The current generation of a running bot, None when not running (fencing)."""
+        ...
+
+    def advance(
+        self, bot: str, generation: int, expected: int, new: int, due: float, parked: bool
+    ) -> bool:
+        """Compare-and-set the next slot; only the winner enqueues the successor."""
+        ...
+
+    def publish(self, mirror: Mirror, bot: str, due: float, parked: bool) -> bool:
+        """Write a bot's mirror after a lifecycle change, unless a newer one is there."""
+        ...
+
+
+_BEGIN = """
+local h = redis.call('HMGET', KEYS[1], 'status', 'gen', 'next_slot', 'origin', 'interval')
+if not h[1] then return {'missing'} end
+local mirror = {h[1], h[2], h[3], h[4], h[5]}
+if h[1] ~= 'running' or h[2] ~= ARGV[1] then return {'dropped', unpack(mirror)} end
+if ARGV[2] ~= h[3] then return {'stale', unpack(mirror)} end
+if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then
+  return {'duplicate', unpack(mirror)}
+end
+return {'run', unpack(mirror)}
+"""
+
+_ADVANCE = """
+local h = redis.call('HMGET', KEYS[1], 'status', 'gen', 'next_slot')
+if h[1] ~= 'running' or h[2] ~= ARGV[1] or h[3] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'next_slot', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[6])
+if ARGV[5] == '1' then
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
+else
+  redis.call('ZREM', KEYS[3], ARGV[6])
+end
+return 1
+"""
+
+_PUBLISH = """
+local gen = redis.call('HGET', KEYS[1], 'gen')
+if gen and tonumber(gen) > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'status', ARGV[2], 'origin', ARGV[3],
+           'interval', ARGV[4], 'next_slot', ARGV[5])
+if ARGV[2] == 'running' then
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[8])
+  if ARGV[7] == '1' then redis.call('ZADD', KEYS[3], ARGV[6], ARGV[8])
+  else redis.call('ZREM', KEYS[3], ARGV[8]) end
+else
+  redis.call('ZREM', KEYS[2], ARGV[8])
+  redis.call('ZREM', KEYS[3], ARGV[8])
+end
+return 1
+"""
+
+_UNPARK = """
+local h = redis.call('HMGET', KEYS[1], 'status', 'gen', 'next_slot')
+if h[1] ~= 'running' or h[2] ~= ARGV[1] or h[3] ~= ARGV[2] then
+  redis.call('ZREM', KEYS[2], ARGV[3])
+  return 0
+end
+return redis.call('ZREM', KEYS[2], ARGV[3])
+"""
+
+
+def _mirror(fields: list[bytes | None]) -> Mirror | None:
+    if fields[0] is None:
+        return None
+    status, gen, slot, origin, interval = (f.decode() if f else "0" for f in fields)
+    return Mirror(status, int(gen), float(origin), float(interval), int(slot))
+
+
+class RedisCoordinator:
+    """The production coordinator; every method is one round trip."""
+
+    def __init__(self, client: redis.Redis, claim_ttl_s: int) -> None:
+        self.redis = client
+        self.claim_ttl_s = claim_ttl_s
+        self._begin = client.register_script(_BEGIN)
+        self._advance = client.register_script(_ADVANCE)
+        self._unpark = client.register_script(_UNPARK)
+        self._publish = client.register_script(_PUBLISH)
+
+    def begin(self, bot: str, generation: int, slot: int, worker: str) -> Begin:
+        """Guard (running, same generation, the expected slot) and claim, atomically."""
+        raw = self._begin(
+            keys=[bot_key(bot), claim_key(bot, generation, slot)],
+            args=[generation, slot, f"run:{time.time():.3f}:{worker}", self.claim_ttl_s],
+        )
+        verdict = Verdict(raw[0].decode())
+        return Begin(verdict, _mirror(raw[1:]) if len(raw) > 1 else None)
+
+    def finish(self, bot: str, generation: int, slot: int) -> None:
+        """Mark the claim done, so the reconciler knows the slot is not in flight."""
+        self.redis.set(
+            claim_key(bot, generation, slot), f"done:{time.time():.3f}", xx=True, keepttl=True
+        )
+
+    @contextmanager
+    def lock(self, bot: str, ttl: float, wait: float) -> Iterator[bool]:
+        """A token lock (redis-py's, released by Lua) that expires after `ttl` seconds."""
+        lock = self.redis.lock(
+            lock_key(bot), timeout=ttl, blocking_timeout=wait, thread_local=False
+        )
+        acquired = bool(lock.acquire(blocking=wait > 0))
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                # Expired meanwhile: nothing of ours is left to release.
+                with suppress(redis.exceptions.LockError):
+                    lock.release()
+
+    def generation(self, bot: str) -> int | None:
+        """The running generation, for fencing right before an order is sent."""
+        status, gen = self.redis.hmget(bot_key(bot), ["status", "gen"])
+        if status != b"running" or gen is None:
+            return None
+        return int(gen)
+
+    def advance(
+        self, bot: str, generation: int, expected: int, new: int, due: float, parked: bool
+    ) -> bool:
+        """Move next_slot from `expected` to `new` if nobody else did; True for the winner."""
+        won = self._advance(
+            keys=[bot_key(bot), SCHEDULE, PARKED],
+            args=[generation, expected, new, f"{due:.3f}", int(parked), bot],
+        )
+        return bool(won)
+
+    def unpark(self, bot: str, generation: int, slot: int) -> bool:
+        """Take a parked slot out for dispatch; True when this caller should enqueue it."""
+        return bool(self._unpark(keys=[bot_key(bot), PARKED], args=[generation, slot, bot]))
+
+    def publish(self, mirror: Mirror, bot: str, due: float, parked: bool) -> bool:
+        """Write a bot's mirror unless Redis already holds a newer generation.
+
+        Two lifecycle commands racing on one bot each write their generation; the
+        database decided which is newest, and this keeps Redis from going back.
+        """
+        written = self._publish(
+            keys=[bot_key(bot), SCHEDULE, PARKED],
+            args=[
+                mirror.generation,
+                mirror.status,
+                repr(mirror.origin),
+                repr(mirror.interval),
+                mirror.next_slot,
+                f"{due:.3f}",
+                int(parked),
+                bot,
+            ],
+        )
+        return bool(written)
+
+    def mirror(self, bot: str) -> Mirror | None:
+        """The bot's mirror as Redis holds it (None when missing)."""
+        fields = self.redis.hmget(
+            bot_key(bot), ["status", "gen", "next_slot", "origin", "interval"]
+        )
+        return _mirror(fields)
+
+    def claim(self, bot: str, generation: int, slot: int) -> str | None:
+        """The claim value of a slot: `run:<ts>:<worker>`, `done:<ts>`, or None."""
+        value = self.redis.get(claim_key(bot, generation, slot))
+        return value.decode() if value is not None else None
+
+    def heartbeat(self, worker: str, ttl_s: int) -> None:
+        """Announce that a worker process is alive for the next `ttl_s` seconds."""
+        self.redis.set(worker_key(worker), "1", ex=ttl_s)
+
+    def alive(self, worker: str) -> bool:
+        """True while the worker's heartbeat has not expired."""
+        return bool(self.redis.exists(worker_key(worker)))

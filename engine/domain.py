@@ -1,0 +1,123 @@
+"""Plain value types shared by strategies, the exchange layer, the tick and the backtester.
+
+They carry no behaviour and import nothing from the rest of the engine, so a strategy can
+depend on them and stay pure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Side(StrEnum):
+    """Direction of an order."""
+
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(StrEnum):
+    """How an order is priced."""
+
+    MARKET = "market"
+    LIMIT = "limit"
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    """One OHLCV bar; `ts` is the bar's open time in epoch milliseconds."""
+
+    ts: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+@dataclass(frozen=True, slots=True)
+class Ticker:
+    """Best bid/ask and last trade price of a symbol at `ts` (epoch ms)."""
+
+    symbol: str
+    bid: float
+    ask: float
+    last: float
+    ts: int
+
+    @property
+    def mid(self) -> float:
+        """Midpoint between best bid and best ask."""
+        return (self.bid + self.ask) / 2
+
+
+@dataclass(frozen=True, slots=True)
+class MarketRules:
+    """What the exchange accepts for one symbol: precision steps and minimums."""
+
+    symbol: str
+    base: str
+    quote: str
+    amount_step: float = 0.0
+    price_step: float = 0.0
+    min_amount: float = 0.0
+    min_notional: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOrder:
+    """An order of this bot still resting on the book."""
+
+    client_order_id: str
+    side: Side
+    type: OrderType
+    amount: float
+    price: float | None
+    filled: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class OrderIntent:
+    """What a strategy wants done; the engine decides whether and how it is sent.
+
+    Exactly one of `amount` (base currency) or `quote_amount` (quote currency) is set.
+    `price` is required for limit orders. `tag` lets a stateful strategy recognise
+    its own orders later (e.g. a grid level).
+    """
+
+    side: Side
+    type: OrderType = OrderType.MARKET
+    amount: float | None = None
+    quote_amount: float | None = None
+    price: float | None = None
+    reason: str = ""
+    tag: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.amount is None) == (self.quote_amount is None):
+            raise ValueError("exactly one of amount or quote_amount must be set")
+        size = self.amount if self.amount is not None else self.quote_amount
+        if size is None or size <= 0:
+            raise ValueError("order size must be positive")
+        if self.type is OrderType.LIMIT and (self.price is None or self.price <= 0):
+            raise ValueError("a limit order needs a positive price")
+
+
+@dataclass(frozen=True, slots=True)
+class MarketContext:
+    """Read-only view of the market and the bot's holdings handed to a strategy.
+
+    `now` is epoch milliseconds (the slot's due time in live mode, the candle time in a
+    backtest), so strategies never read a clock. `position` is the bot's base-currency
+    holding; `balances` maps currency to free amount.
+    """
+
+    symbol: str
+    now: int
+    candles: tuple[Candle, ...]
+    ticker: Ticker
+    position: float
+    balances: dict[str, float] = field(default_factory=dict)
+    open_orders: tuple[OpenOrder, ...] = ()
+    rules: MarketRules | None = None

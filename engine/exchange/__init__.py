@@ -1,0 +1,1 @@
+"""The exchange layer: the only package that imports ccxt."""

@@ -1,0 +1,184 @@
+"""The reconciler (a beat task every ~10 s): brings every running bot's chain back.
+
+Chains break when a worker dies mid-tick, when Redis loses its data (and with it the
+queued messages and claims), or when a process crashes between recording a tick and
+enqueuing its successor. The database still says the bot is running; this pass makes
+Redis and the queue agree with it again, within seconds rather than the broker's
+visibility timeout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlmodel import Session, select
+
+from engine.coordination import PARKED, SCHEDULE, Mirror, RedisCoordinator
+from engine.db import session_scope
+from engine.logging import get_logger
+from engine.models import Bot, BotStatus
+from engine.runtime import Runtime
+from engine.schedule import due_at, first_slot_after, next_runnable
+
+log = get_logger("engine.reconciler")
+
+
+@dataclass
+class Report:
+    """What one pass did (also returned by the task, for tests and metrics)."""
+
+    restored: int = 0  # mirror missing or behind the database: rebuilt and re-enqueued
+    requeued: int = 0  # overdue and unclaimed: the same slot enqueued again
+    advanced: int = 0  # claimed by a dead or finished tick that never moved on
+    dispatched: int = 0  # parked long-interval slots now inside the ETA horizon
+
+
+def reconcile(rt: Runtime) -> Report:
+    """One pass: restore lost mirrors, revive overdue chains, dispatch parked slots."""
+    coordinator = rt.coordinator
+    assert isinstance(coordinator, RedisCoordinator)
+    report = Report()
+    now = rt.clock()
+    _restore_mirrors(rt, coordinator, now, report)
+    grace = rt.settings.reconcile_grace_s
+    for raw in coordinator.redis.zrangebyscore(SCHEDULE, "-inf", now - grace):
+        _revive(rt, coordinator, raw.decode(), now, report)
+    horizon = now + rt.settings.eta_horizon_s
+    for raw in coordinator.redis.zrangebyscore(PARKED, "-inf", horizon):
+        bot = raw.decode()
+        mirror = coordinator.mirror(bot)
+        if mirror is not None and coordinator.unpark(bot, mirror.generation, mirror.next_slot):
+            due = due_at(mirror.origin, mirror.interval, mirror.next_slot)
+            rt.enqueue(bot, mirror.generation, mirror.next_slot, due)
+            report.dispatched += 1
+    if report.restored or report.requeued or report.advanced:
+        log.info("reconcile.done", **report.__dict__)
+    return report
+
+
+def _restore_mirrors(
+    rt: Runtime, coordinator: RedisCoordinator, now: float, report: Report
+) -> None:
+    """Rebuild the mirror of every running bot Redis forgot (flush, restart, crash)."""
+    with Session(rt.db) as session:
+        running = list(session.exec(select(Bot).where(Bot.status == BotStatus.RUNNING.value)))
+    if not running:
+        return
+    pipe = coordinator.redis.pipeline(transaction=False)
+    for bot in running:
+        pipe.hget(f"bot:{bot.name}", "gen")
+    generations = pipe.execute()
+    for bot, gen in zip(running, generations, strict=True):
+        if gen is not None and int(gen) >= bot.generation:
+            continue
+        # Skip past any slot that may be in flight right now (due at or before now): its
+        # claim may be lost with Redis, and running it twice is worse than missing it.
+        slot = max(bot.next_slot, first_slot_after(bot.origin, bot.interval_s, now))
+        if _move(
+            rt,
+            coordinator,
+            bot.name,
+            bot.generation,
+            bot.origin,
+            bot.interval_s,
+            slot,
+            expected=None,
+            now=now,
+        ):
+            report.restored += 1
+            log.warning("reconcile.restored", bot=bot.name, generation=bot.generation, slot=slot)
+
+
+def _revive(
+    rt: Runtime, coordinator: RedisCoordinator, bot: str, now: float, report: Report
+) -> None:
+    mirror = coordinator.mirror(bot)
+    if mirror is None or mirror.status != BotStatus.RUNNING.value:
+        coordinator.redis.zrem(SCHEDULE, bot)
+        return
+    due = due_at(mirror.origin, mirror.interval, mirror.next_slot)
+    claim = coordinator.claim(bot, mirror.generation, mirror.next_slot)
+    if claim is None:
+        if now - due <= mirror.interval:
+            # Unclaimed and only a little late: the message was lost; send it again.
+            if coordinator.redis.set(
+                f"requeued:{bot}:{mirror.generation}:{mirror.next_slot}",
+                "1",
+                nx=True,
+                ex=int(rt.settings.reconcile_grace_s) + 1,
+            ):
+                rt.enqueue(bot, mirror.generation, mirror.next_slot, due)
+                report.requeued += 1
+            return
+    elif not _abandoned(rt, coordinator, claim, now):
+        return  # a live tick is still working on it
+    slot = next_runnable(mirror.origin, mirror.interval, now)
+    slot = max(slot, mirror.next_slot + 1)
+    if _move(
+        rt,
+        coordinator,
+        bot,
+        mirror.generation,
+        mirror.origin,
+        mirror.interval,
+        slot,
+        expected=mirror.next_slot,
+        now=now,
+    ):
+        report.advanced += 1
+        log.warning(
+            "reconcile.advanced",
+            bot=bot,
+            generation=mirror.generation,
+            from_slot=mirror.next_slot,
+            to_slot=slot,
+            claim=claim,
+        )
+
+
+def _abandoned(rt: Runtime, coordinator: RedisCoordinator, claim: str, now: float) -> bool:
+    """A claim whose tick finished without moving on, or whose worker is gone."""
+    kind, _, rest = claim.partition(":")
+    if kind == "done":
+        return True
+    started, _, worker = rest.partition(":")
+    if now - float(started) > rt.settings.tick_time_limit_s:
+        return True
+    return bool(worker) and not coordinator.alive(worker)
+
+
+def _move(
+    rt: Runtime,
+    coordinator: RedisCoordinator,
+    bot: str,
+    generation: int,
+    origin: float,
+    interval: float,
+    slot: int,
+    *,
+    expected: int | None,
+    now: float,
+) -> bool:
+    """Put the chain on `slot` (CAS from `expected`, or a full restore) and enqueue it."""
+    due = due_at(origin, interval, slot)
+    parked = due - now > rt.settings.eta_horizon_s
+    if expected is None:
+        moved = coordinator.publish(
+            Mirror("running", generation, origin, interval, slot), bot, due, parked
+        )
+        missed = 0
+    else:
+        moved = coordinator.advance(bot, generation, expected, slot, due, parked)
+        missed = slot - expected
+    if not moved:
+        return False
+    with session_scope(rt.db) as session:
+        session.exec(  # type: ignore[call-overload]
+            update(Bot)
+            .where(Bot.name == bot, Bot.generation == generation)  # type: ignore[arg-type]
+            .values(next_slot=slot, ticks_missed=Bot.ticks_missed + missed)
+        )
+    if not parked:
+        rt.enqueue(bot, generation, slot, due)
+    return True

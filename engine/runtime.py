@@ -1,0 +1,130 @@
+"""The per-process runtime: connections, caches and the clock the tick runs with.
+
+Built lazily once per worker process (after fork), never per tick. Tests build their
+own with an injected clock and enqueue function.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import redis
+from sqlalchemy import Engine
+
+from engine.coordination import Coordinator, RedisCoordinator
+from engine.db import engine_for
+from engine.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from engine.config import BotConfig
+    from engine.exchange.gateway import Gateway
+
+Enqueue = Callable[[str, int, int, float], None]
+"""enqueue(bot, generation, slot, due_epoch_s): schedule one tick message."""
+
+HEARTBEAT_TTL_S = 10
+HEARTBEAT_EVERY_S = 3.0
+
+
+@dataclass
+class Runtime:
+    """Everything a tick, a lifecycle command or the reconciler needs from the outside."""
+
+    settings: Settings
+    redis: redis.Redis
+    db: Engine
+    coordinator: Coordinator
+    enqueue: Enqueue
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    clock: Callable[[], float] = time.time
+    gateway_for: Callable[[BotConfig], Gateway] | None = None
+
+    def gateway(self, config: BotConfig) -> Gateway:
+        """The gateway a bot trades through (process-wide caches live in the factory)."""
+        if self.gateway_for is not None:
+            return self.gateway_for(config)
+        from engine.exchange.factory import gateway_for  # lazy: imports ccxt
+
+        return gateway_for(config, redis=self.redis, db=self.db, settings=self.settings)
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A pooled client with timeouts, so a dead Redis fails a call instead of hanging it."""
+    return redis.Redis.from_url(
+        url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30
+    )
+
+
+def claim_ttl(settings: Settings) -> int:
+    """How long a slot claim lives: past the task time limit, so a dead tick stays visible."""
+    return settings.tick_time_limit_s * 2 + 60
+
+
+def celery_enqueue(bot: str, generation: int, slot: int, due: float) -> None:
+    """Send one tick message with its deterministic id, countdown and expiry."""
+    from engine.tasks import tick  # lazy: tasks import this module
+
+    now = time.time()
+    tick.apply_async(
+        args=(bot, generation, slot),
+        task_id=f"tick:{bot}:{generation}:{slot}",
+        countdown=max(0.0, due - now),
+        # Far past its due time a slot is useless; the reconciler moves the bot on.
+        expires=max(due, now) + max(60.0, 4 * (due - now) if due > now else 60.0),
+    )
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+_pid: int | None = None
+
+
+def get_runtime() -> Runtime:
+    """The runtime of this process, created on first use (and again after a fork)."""
+    global _runtime, _pid  # one runtime per process is the point
+    with _lock:
+        if _runtime is None or _pid != os.getpid():
+            settings = get_settings()
+            client = redis_client(settings.redis_url)
+            _runtime = Runtime(
+                settings=settings,
+                redis=client,
+                db=engine_for(settings.database_url),
+                coordinator=RedisCoordinator(client, claim_ttl(settings)),
+                enqueue=celery_enqueue,
+            )
+            _pid = os.getpid()
+        return _runtime
+
+
+_heartbeat_pid: int | None = None
+
+
+def start_heartbeat(runtime: Runtime) -> None:
+    """Keep this worker process's heartbeat alive (once per process).
+
+    The reconciler treats a slot claimed by a process without a heartbeat as abandoned,
+    so a SIGKILLed worker's bots resume within seconds instead of a task time limit.
+    """
+    global _heartbeat_pid
+    coordinator = runtime.coordinator
+    if not isinstance(coordinator, RedisCoordinator) or _heartbeat_pid == os.getpid():
+        return
+    _heartbeat_pid = os.getpid()
+
+    def beat() -> None:
+        while True:
+            # Redis down: the claims are gone too, and the reconciler resyncs afterwards.
+            with suppress(redis.RedisError):
+                coordinator.heartbeat(runtime.worker_id, HEARTBEAT_TTL_S)
+            time.sleep(HEARTBEAT_EVERY_S)
+
+    coordinator.heartbeat(runtime.worker_id, HEARTBEAT_TTL_S)
+    threading.Thread(target=beat, name="botengine-heartbeat", daemon=True).start()

@@ -1,0 +1,39 @@
+"""Slot arithmetic: slot k of a generation is due at `origin + k * interval`.
+
+Pure functions, so the schedule never drifts with tick durations: lateness is measured
+against these due times, and missed slots are counted rather than replayed.
+"""
+
+from __future__ import annotations
+
+import math
+
+# A slot that became due less than this fraction of an interval ago (capped) still runs,
+# late; an older one is missed. Without it a tick finishing a few ms after its
+# successor's due time would skip a whole interval.
+CATCH_UP_FRACTION = 0.5
+CATCH_UP_CAP_S = 30.0
+
+
+def due_at(origin: float, interval: float, slot: int) -> float:
+    """Epoch seconds at which `slot` is due."""
+    return origin + slot * interval
+
+
+def first_slot_after(origin: float, interval: float, now: float) -> int:
+    """The smallest slot whose due time is strictly after `now` (never negative)."""
+    if now < origin:
+        return 0
+    return math.floor((now - origin) / interval) + 1
+
+
+def next_runnable(origin: float, interval: float, now: float) -> int:
+    """The first slot still worth running at `now`: not yet due, or only slightly late."""
+    tolerance = min(interval * CATCH_UP_FRACTION, CATCH_UP_CAP_S)
+    return first_slot_after(origin, interval, now - tolerance)
+
+
+def successor(origin: float, interval: float, slot: int, now: float) -> tuple[int, int]:
+    """The slot to run after `slot`, and how many slots in between are missed."""
+    nxt = max(slot + 1, next_runnable(origin, interval, now))
+    return nxt, nxt - slot - 1

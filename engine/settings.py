@@ -1,0 +1,104 @@
+"""One typed settings object, read from the environment and `.env`.
+
+A malformed value fails at start with a message naming the variable, instead of
+surfacing later as an odd runtime error deep inside a tick.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.errors import ConfigError
+
+
+class Settings(BaseSettings):
+    """Everything the worker, beat, API and CLI need to know about their surroundings."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    celery_broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker")
+    celery_result_backend: str = Field("redis://127.0.0.1:6379/0", description="Task results")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Claims, locks, cache")
+    database_url: str = Field("sqlite:///botengine.db", description="Bots, ticks, orders")
+    api_token: SecretStr | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    flower_user: str = "admin"
+    flower_password: SecretStr | None = None
+    simulator_url: str = "http://127.0.0.1:8765"
+    simulator_api_key: str = "simulator-key"
+    simulator_api_secret: SecretStr = SecretStr("simulator-secret")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    timezone: str = "UTC"
+    # Tick protocol tuning.
+    tick_time_limit_s: int = Field(60, ge=5, le=3600)
+    max_consecutive_failures: int = Field(5, ge=1)
+    reconcile_every_s: float = Field(10.0, gt=0)
+    reconcile_grace_s: float = Field(15.0, ge=0)
+    eta_horizon_s: int = Field(300, ge=10)
+    visibility_timeout_s: int = Field(3600, ge=60)
+    stop_drain_timeout_s: float = Field(30.0, ge=0)
+    # Maintenance.
+    retention_days: int = Field(30, ge=1)
+    webhook_url: str | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _horizon_below_visibility(self) -> Settings:
+        # An ETA message held longer than the visibility timeout is redelivered (celery #2481).
+        if self.eta_horizon_s >= self.visibility_timeout_s:
+            raise ValueError("ETA_HORIZON_S must be below VISIBILITY_TIMEOUT_S")
+        return self
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, for the log redactor."""
+        values = [s.get_secret_value() for s in (self.api_token, self.flower_password) if s]
+        values.append(self.simulator_api_secret.get_secret_value())
+        for url in (
+            self.celery_broker_url,
+            self.celery_result_backend,
+            self.redis_url,
+            self.database_url,
+        ):
+            password = urlsplit(url).password
+            if password:
+                values.append(password)
+        return values
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Return the process-wide settings, failing with a one-line message on bad values."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def redact_url(url: str) -> str:
+    """Hide the password in a URL (`redis://:secret@host` → `redis://:***@host`)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))

@@ -1,0 +1,41 @@
+"""Celery tasks: thin wrappers that hand over to the engine's functions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Task, signals
+
+from engine.celery_app import app
+from engine.runtime import get_runtime, start_heartbeat
+
+
+@app.task(name="engine.tick", ignore_result=True)
+def tick(bot: str, generation: int, slot: int) -> None:
+    """Run one slot of one bot (see engine.tick.run_tick)."""
+    # lazy: senders (CLI, API) import this module and need none of the tick's imports
+    from engine.tick import run_tick
+
+    run_tick(get_runtime(), bot, generation, slot)
+
+
+@app.task(name="engine.ping", bind=True)
+def ping(self: Task[Any, Any]) -> dict[str, str]:
+    """Smoke test: the answering worker's node name and its UTC time."""
+    return {"hostname": str(self.request.hostname), "time": datetime.now(UTC).isoformat()}
+
+
+@app.task(name="engine.reconcile", ignore_result=True)
+def reconcile() -> dict[str, int]:
+    """Revive broken chains and dispatch parked slots (beat, every ~10 s)."""
+    from engine.reconciler import reconcile as reconcile_pass  # lazy: as above
+
+    return reconcile_pass(get_runtime()).__dict__
+
+
+@signals.worker_ready.connect
+@signals.worker_process_init.connect
+def _on_worker_start(**_: Any) -> None:
+    """Start this process's heartbeat, so the reconciler can tell it is alive."""
+    start_heartbeat(get_runtime())

@@ -1,0 +1,266 @@
+"""The tick: one slot of one bot, from guard to successor, readable top to bottom.
+
+See DESIGN.md "The tick protocol". `run_tick` is the whole protocol; the helpers below
+it are the steps it names. The Celery task in `engine.tasks` only calls it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from engine import logging as elog
+from engine import orders
+from engine.config import BotConfig
+from engine.coordination import Mirror, Verdict
+from engine.db import session_scope
+from engine.domain import MarketContext
+from engine.errors import ExchangeBannedError, FencedError, OperationalError
+from engine.exchange.ratelimit import ban_until
+from engine.models import Bot, BotStatus, StrategyState, Tick, TickOutcome, utcnow
+from engine.risk import apply_risk
+from engine.runtime import Runtime
+from engine.schedule import due_at, successor
+from strategies.base import Strategy
+from strategies.registry import build
+
+log = elog.get_logger("engine.tick")
+
+
+def run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome | None:
+    """Run slot `slot` of `bot` at `generation` exactly once; None when it did not run."""
+    elog.bind(bot=bot, generation=generation, slot=slot)
+    begin = rt.coordinator.begin(bot, generation, slot, rt.worker_id)  # 1. guard + 2. claim
+    if begin.verdict is not Verdict.RUN or begin.mirror is None:
+        event = (
+            "tick.duplicate"
+            if begin.verdict in (Verdict.DUPLICATE, Verdict.STALE)
+            else "tick.dropped"
+        )
+        log.info(event, reason=begin.verdict.value)
+        return None
+    mirror = begin.mirror
+    due = due_at(mirror.origin, mirror.interval, slot)
+    started = rt.clock()
+    elog.bind(lateness_ms=round((started - due) * 1000, 1))
+    log.info("tick.started")
+    outcome, error, sent, fatal = TickOutcome.OK, None, 0, False
+    try:
+        with rt.coordinator.lock(bot, ttl=rt.settings.tick_time_limit_s + 10, wait=0) as mine:
+            if not mine:  # 3. another slot of this bot is still inside its run
+                outcome, error = TickOutcome.SKIPPED, "previous tick still running"
+            else:
+                sent = trade(rt, bot, generation, slot, due)  # 4. data → strategy → orders
+    except (FencedError, ExchangeBannedError) as exc:
+        outcome, error = TickOutcome.SKIPPED, str(exc)
+    except OperationalError as exc:
+        outcome, error, fatal = TickOutcome.FAILED, str(exc), True
+    except Exception as exc:  # noqa: BLE001 - a strategy or exchange failure never breaks the chain
+        outcome, error = TickOutcome.FAILED, f"{type(exc).__name__}: {exc}"
+    finally:
+        finished = rt.clock()
+        nxt, missed = successor(mirror.origin, mirror.interval, slot, finished)
+        status = record(
+            rt,
+            TickRecord(
+                bot, generation, slot, due, started, finished, outcome, error, sent, missed, nxt
+            ),
+            fatal,
+        )  # 5. record
+        rt.coordinator.finish(bot, generation, slot)
+        if status == BotStatus.RUNNING:
+            schedule_successor(rt, bot, mirror, slot, nxt)  # 6. successor, CAS-guarded
+        elif status == BotStatus.ERROR:
+            retired = Mirror(status.value, generation, mirror.origin, mirror.interval, nxt)
+            rt.coordinator.publish(retired, bot, 0.0, parked=False)
+            log.error("bot.error", reason=error)
+        log.info(
+            "tick.finished",
+            outcome=outcome.value,
+            error=error,
+            orders=sent,
+            duration_ms=round((finished - started) * 1000, 1),
+            missed=missed,
+        )
+    return outcome
+
+
+def trade(rt: Runtime, bot: str, generation: int, slot: int, due: float) -> int:
+    """Step 4: market data → strategy (pure) → risk → orders; returns orders sent."""
+    config, strategy = bot_setup(rt, bot, generation)
+    if (until := ban_until(rt.redis, config.exchange)) is not None:
+        raise ExchangeBannedError(f"{config.exchange} banned this IP until {until:.0f}")
+    gateway = rt.gateway(config)
+    orders.reconcile(rt.db, bot, gateway)  # settle what earlier ticks left open or unknown
+    rules = gateway.market_rules(config.symbol)
+    ticker = gateway.fetch_ticker(config.symbol)
+    needed = strategy.candles_needed()
+    candles = gateway.fetch_ohlcv(config.symbol, config.timeframe, needed) if needed else []
+    ctx = MarketContext(
+        symbol=config.symbol,
+        now=int(due * 1000),
+        candles=tuple(candles),
+        ticker=ticker,
+        position=orders.position(rt.db, bot),
+        balances=gateway.fetch_balances(),
+        open_orders=tuple(orders.open_orders(rt.db, bot)),
+        rules=rules,
+    )
+    state = load_state(rt, bot)
+    decision = strategy.decide(ctx, state)
+    checked = apply_risk(decision.intents, ctx, config.risk)
+    for intent, reason in checked.dropped:
+        log.info("order.dropped", side=intent.side.value, reason=reason)
+
+    def fence() -> None:
+        if rt.coordinator.generation(bot) != generation:
+            raise FencedError(f"bot {bot} left generation {generation}; no further orders")
+
+    sent = 0
+    for index, intent in enumerate(checked.kept):
+        if orders.submit(
+            rt.db,
+            gateway,
+            bot=bot,
+            generation=generation,
+            slot=slot,
+            index=index,
+            intent=intent,
+            ticker=ticker,
+            rules=rules,
+            fence=fence,
+        ):
+            sent += 1
+    if decision.state is not None:
+        save_state(rt, bot, decision.state)
+    return sent
+
+
+@dataclass(frozen=True, slots=True)
+class TickRecord:
+    """What step 5 writes: one row in `ticks` and the bot's counters."""
+
+    bot: str
+    generation: int
+    slot: int
+    due: float
+    started: float
+    finished: float
+    outcome: TickOutcome
+    error: str | None
+    orders: int
+    missed: int
+    next_slot: int
+
+
+def _ts(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
+    """Step 5: write the tick and update counters; returns the bot's status afterwards.
+
+    The failure policy lives here: a fatal error or too many failures in a row move the
+    bot to `error`, in the same transaction as the tick that decided it.
+    """
+    failed = rec.outcome is TickOutcome.FAILED
+    try:
+        with session_scope(rt.db) as session:
+            session.add(
+                Tick(
+                    bot=rec.bot,
+                    generation=rec.generation,
+                    slot=rec.slot,
+                    due_at=_ts(rec.due),
+                    started_at=_ts(rec.started),
+                    finished_at=_ts(rec.finished),
+                    lateness_ms=(rec.started - rec.due) * 1000,
+                    duration_ms=(rec.finished - rec.started) * 1000,
+                    outcome=rec.outcome,
+                    error=rec.error,
+                    orders=rec.orders,
+                    worker=rt.worker_id,
+                )
+            )
+            row = session.get(Bot, rec.bot, with_for_update=True)
+            if row is None:
+                return BotStatus.STOPPED
+            failures = row.consecutive_failures + 1 if failed else 0
+            values: dict[str, Any] = {
+                "ticks_ok": Bot.ticks_ok + (rec.outcome is TickOutcome.OK),
+                "ticks_failed": Bot.ticks_failed + failed,
+                "ticks_missed": Bot.ticks_missed + rec.missed,
+                "orders_sent": Bot.orders_sent + rec.orders,
+                "consecutive_failures": failures,
+                "last_tick_at": _ts(rec.finished),
+                "updated_at": utcnow(),
+            }
+            if rec.error:
+                values["last_error"] = rec.error
+            status = BotStatus(row.status)
+            if row.generation == rec.generation:
+                values["next_slot"] = rec.next_slot
+                if status == BotStatus.RUNNING and (
+                    fatal or failures >= rt.settings.max_consecutive_failures
+                ):
+                    status = BotStatus.ERROR
+                    values["status"] = status.value
+                    values["last_error"] = f"{failures} failure(s) in a row; last: {rec.error}"
+            session.exec(update(Bot).where(Bot.name == rec.bot).values(**values))  # type: ignore[call-overload, arg-type]
+            return status if row.generation == rec.generation else BotStatus.STOPPED
+    except IntegrityError:
+        # The slot was recorded already: a second run after Redis lost its claims.
+        log.warning("tick.duplicate_record")
+        return BotStatus.RUNNING
+
+
+def schedule_successor(rt: Runtime, bot: str, mirror: Mirror, slot: int, nxt: int) -> None:
+    """Step 6: advance next_slot by compare-and-set; only the winner enqueues."""
+    due = due_at(mirror.origin, mirror.interval, nxt)
+    # Beyond the ETA horizon the slot is parked and the reconciler dispatches it later,
+    # so no ETA message waits longer than the horizon (or the visibility timeout).
+    parked = due - rt.clock() > rt.settings.eta_horizon_s
+    if rt.coordinator.advance(bot, mirror.generation, slot, nxt, due, parked) and not parked:
+        rt.enqueue(bot, mirror.generation, nxt, due)
+
+
+_setups: dict[tuple[str, int], tuple[BotConfig, Strategy[Any]]] = {}
+
+
+def bot_setup(rt: Runtime, bot: str, generation: int) -> tuple[BotConfig, Strategy[Any]]:
+    """The bot's config and strategy for a generation, parsed once per process."""
+    key = (bot, generation)
+    if key not in _setups:
+        with Session(rt.db) as session:
+            row = session.get(Bot, bot)
+        if row is None or row.generation != generation:
+            raise FencedError(f"bot {bot} is no longer at generation {generation}")
+        config = BotConfig.model_validate(row.config)
+        for stale in [k for k in _setups if k[0] == bot]:
+            del _setups[stale]
+        _setups[key] = (config, build(config.strategy.name, config.strategy.params))
+    return _setups[key]
+
+
+def load_state(rt: Runtime, bot: str) -> dict[str, Any]:
+    """The strategy's persisted state for this bot ({} before its first save)."""
+    with Session(rt.db) as session:
+        row = session.get(StrategyState, bot)
+        return dict(row.state) if row is not None else {}
+
+
+def save_state(rt: Runtime, bot: str, state: dict[str, Any]) -> None:
+    """Persist the strategy's new state."""
+    with session_scope(rt.db) as session:
+        row = session.get(StrategyState, bot)
+        if row is None:
+            session.add(StrategyState(bot=bot, state=state))
+        else:
+            row.state = state
+            row.updated_at = utcnow()
+            session.add(row)

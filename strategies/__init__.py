@@ -1,0 +1,1 @@
+"""Trading strategies: pure decision functions over a read-only market context."""

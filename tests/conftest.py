@@ -1,0 +1,129 @@
+"""Shared fixtures: a Redis the tests own, a migrated database, the simulator, workers.
+
+Redis: the configured one (REDIS_URL, default 127.0.0.1:6379) when it answers, on a
+database index this suite claims with a marker key — it never flushes a database it did
+not claim — else an embedded redis-server on a free port. PostgreSQL: set
+TEST_DATABASE_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test) and every
+database test also runs against a fresh database created there.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+OWNER_KEY = "botengine:test-owner"
+_embedded = None
+
+
+def _claim_db(base_url: str) -> str:
+    """Claim the first Redis db index (15 down to 8) that is empty or already ours."""
+    for index in range(15, 7, -1):
+        url = f"{base_url.rsplit('/', 1)[0]}/{index}"
+        client = redis.Redis.from_url(url)
+        if client.get(OWNER_KEY) is not None or client.dbsize() == 0:
+            client.flushdb()
+            client.set(OWNER_KEY, "botengine test suite")
+            return url
+    raise RuntimeError("no free Redis database index between 8 and 15 to run tests on")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point every engine setting at test infrastructure before engine modules import."""
+    global _embedded
+    from engine.embedded import EmbeddedRedis, reachable
+
+    configured = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if reachable(configured):
+        url = _claim_db(configured)
+    else:
+        _embedded = EmbeddedRedis().start()
+        url = _embedded.url
+    os.environ.update({
+        "REDIS_URL": url,
+        "CELERY_BROKER_URL": url,
+        "CELERY_RESULT_BACKEND": url,
+        "DATABASE_URL": os.environ.get("BOTENGINE_TEST_SQLITE", "sqlite:///:memory:"),
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
+    })
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Release the claimed Redis db (flush only ours) or stop the embedded server."""
+    if _embedded is not None:
+        _embedded.stop()
+        return
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
+    if client.get(OWNER_KEY) is not None:
+        client.flushdb()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """URL of the Redis db this suite owns, emptied before each test."""
+    url = os.environ["REDIS_URL"]
+    client = redis.Redis.from_url(url)
+    assert client.get(OWNER_KEY) is not None or _embedded is not None
+    client.flushdb()
+    client.set(OWNER_KEY, "botengine test suite")
+    return url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> redis.Redis:
+    """A client on the owned db."""
+    return redis.Redis.from_url(redis_url)
+
+
+def _postgres_db() -> Iterator[str]:
+    from sqlalchemy import create_engine, text
+
+    admin_url = os.environ["TEST_DATABASE_URL"]
+    name = f"botengine_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        from engine.db import engine_for
+
+        engine_for.cache_clear()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+_DB_KINDS = ["sqlite"] + (["postgres"] if os.environ.get("TEST_DATABASE_URL") else [])
+
+
+@pytest.fixture(params=_DB_KINDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A freshly migrated database: SQLite in a temp dir, and PostgreSQL when configured."""
+    from engine.db import migrate
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'botengine.db'}"
+        migrate(url)
+        yield url
+        return
+    for url in _postgres_db():
+        migrate(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[object]:
+    """The loopback exchange simulator, shared by the session (reset per test by users)."""
+    from engine.exchange.simulator import SimulatorServer
+
+    with SimulatorServer(port=0) as sim:
+        os.environ["SIMULATOR_URL"] = sim.url
+        yield sim
