@@ -22,14 +22,33 @@ OWNER_KEY = "botengine:test-owner"
 _embedded = None
 
 
+_TOKEN = f"{os.getpid()}:{uuid.uuid4().hex}"
+
+
+def _owner_alive(marker: bytes) -> bool:
+    pid = int(marker.split(b":", 1)[0] or 0)
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _claim_db(base_url: str) -> str:
-    """Claim the first Redis db index (15 down to 8) that is empty or already ours."""
+    """Claim a Redis db index (15 down to 8): an empty one, or one a dead suite left.
+
+    Concurrent test sessions each get their own index; a db holding anyone else's data
+    is never touched.
+    """
     for index in range(15, 7, -1):
         url = f"{base_url.rsplit('/', 1)[0]}/{index}"
         client = redis.Redis.from_url(url)
-        if client.get(OWNER_KEY) is not None or client.dbsize() == 0:
+        marker = client.get(OWNER_KEY)
+        if marker is not None and not _owner_alive(marker):
             client.flushdb()
-            client.set(OWNER_KEY, "botengine test suite")
+        if client.dbsize() == 0 and client.set(OWNER_KEY, _TOKEN, nx=True):
             return url
     raise RuntimeError("no free Redis database index between 8 and 15 to run tests on")
 
@@ -61,7 +80,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         _embedded.stop()
         return
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    if client.get(OWNER_KEY) is not None:
+    if client.get(OWNER_KEY) == _TOKEN.encode():
         client.flushdb()
 
 
@@ -70,9 +89,9 @@ def redis_url() -> str:
     """URL of the Redis db this suite owns, emptied before each test."""
     url = os.environ["REDIS_URL"]
     client = redis.Redis.from_url(url)
-    assert client.get(OWNER_KEY) is not None or _embedded is not None
+    assert _embedded is not None or client.get(OWNER_KEY) == _TOKEN.encode()
     client.flushdb()
-    client.set(OWNER_KEY, "botengine test suite")
+    client.set(OWNER_KEY, _TOKEN)
     return url
 
 

@@ -1,0 +1,174 @@
+"""Market data shared by every bot through Redis, fetched once per interval (single flight).
+
+A value is stored with the time it was fetched; each reader says how old a value it
+accepts (`max_age_s`, e.g. a fraction of its interval). On a miss one process takes a
+short Redis lock and fetches; the others poll briefly for the value it writes. If the
+holder dies, its lock expires and a waiter takes over; if the wait runs out, a waiter
+fetches by itself, so a stuck holder can delay bots but never block them. A failed
+fetch is remembered for a moment so a hundred waiters do not each repeat it.
+
+So N bots on one symbol ticking together cost one ticker request per interval.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import redis as redis_lib
+
+from engine.domain import Candle, MarketRules, Ticker
+from engine.errors import TemporaryError
+from engine.exchange.gateway import Gateway, OrderReport, OrderRequest
+from engine.exchange.retry import current_deadline
+
+T = TypeVar("T")
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class MarketDataCache:
+    """A Redis cache with single-flight fetching; clocks and sleep are injectable."""
+
+    def __init__(
+        self,
+        redis: redis_lib.Redis,
+        *,
+        lock_ttl_s: float = 3.0,
+        wait_s: float = 5.0,
+        error_ttl_s: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.lock_ttl_s = lock_ttl_s
+        self.wait_s = wait_s
+        self.error_ttl_s = error_ttl_s
+        self.sleep = sleep
+        self.clock = clock
+        self._release = redis.register_script(_RELEASE)
+
+    def get(self, key: str, max_age_s: float, fetch: Callable[[], Any]) -> Any:
+        """The JSON-able value under `key`, fetched (once across processes) when older
+        than `max_age_s`."""
+        waited_until = self.clock() + self.wait_s
+        outer = current_deadline()
+        if outer is not None:  # a monotonic deadline: turn it into a wait length
+            waited_until = min(waited_until, self.clock() + max(0.0, outer - time.monotonic()))
+        poll = 0.005
+        while True:
+            hit = self._read(key, max_age_s)
+            if hit is not None:
+                return hit[0]
+            token = uuid.uuid4().hex
+            if self.redis.set(f"{key}:lock", token, nx=True, px=int(self.lock_ttl_s * 1000)):
+                try:
+                    hit = self._read(key, max_age_s)  # written between our read and lock
+                    return hit[0] if hit is not None else self._fetch(key, max_age_s, fetch)
+                finally:
+                    self._release(keys=[f"{key}:lock"], args=[token])
+            if self.clock() >= waited_until:
+                # The holder is stuck or slow: fetch ourselves rather than miss the tick.
+                return self._fetch(key, max_age_s, fetch)
+            self.sleep(poll)
+            poll = min(poll * 2, 0.05)
+
+    def _read(self, key: str, max_age_s: float) -> tuple[Any] | None:
+        raw, error = cast(list[bytes | None], self.redis.mget(key, f"{key}:error"))
+        if raw is not None:
+            stored = json.loads(raw)
+            if self.clock() - float(stored["t"]) <= max_age_s:
+                return (stored["v"],)
+        if error is not None:
+            raise TemporaryError(f"shared market data fetch failed: {error.decode()}")
+        return None
+
+    def _fetch(self, key: str, max_age_s: float, fetch: Callable[[], Any]) -> Any:
+        try:
+            value = fetch()
+        except TemporaryError as exc:
+            ttl = max(1, int(min(self.error_ttl_s, max_age_s) * 1000))
+            self.redis.set(f"{key}:error", str(exc)[:500], px=ttl)
+            raise
+        payload = json.dumps({"t": self.clock(), "v": value}, separators=(",", ":"))
+        # Keep values a while past max_age: readers with a longer max_age still hit.
+        self.redis.set(key, payload, px=int(max(60.0, 2 * max_age_s) * 1000))
+        self.redis.delete(f"{key}:error")
+        return value
+
+
+class CachedGateway:
+    """A Gateway whose ticker and candle reads go through the shared cache.
+
+    Everything else (markets, balances, orders) passes straight to `inner`. `source`
+    names where the data comes from (exchange id plus origin), so a testnet, a proxy
+    and the real exchange never share entries.
+    """
+
+    def __init__(
+        self,
+        inner: Gateway,
+        cache: MarketDataCache,
+        *,
+        source: str,
+        ticker_max_age_s: float,
+        ohlcv_max_age_s: float,
+    ) -> None:
+        self.inner = inner
+        self.cache = cache
+        self.source = source
+        self.exchange_id = inner.exchange_id
+        self.ticker_max_age_s = ticker_max_age_s
+        self.ohlcv_max_age_s = ohlcv_max_age_s
+
+    def market_rules(self, symbol: str) -> MarketRules:
+        """Precision and minimums of `symbol` (cached per process by the inner gateway)."""
+        return self.inner.market_rules(symbol)
+
+    def fetch_ticker(self, symbol: str) -> Ticker:
+        """Best bid/ask and last price, shared between bots."""
+        key = f"md:{self.source}:{symbol}:ticker"
+
+        def fetch() -> list[Any]:
+            t = self.inner.fetch_ticker(symbol)
+            return [t.symbol, t.bid, t.ask, t.last, t.ts]
+
+        symbol_, bid, ask, last, ts = self.cache.get(key, self.ticker_max_age_s, fetch)
+        return Ticker(symbol=symbol_, bid=bid, ask=ask, last=last, ts=ts)
+
+    def fetch_ohlcv(self, symbol: str, timeframe: str, limit: int) -> list[Candle]:
+        """The `limit` most recent candles, oldest first, shared between bots."""
+        key = f"md:{self.source}:{symbol}:ohlcv:{timeframe}:{limit}"
+
+        def fetch() -> list[list[Any]]:
+            candles = self.inner.fetch_ohlcv(symbol, timeframe, limit)
+            return [[c.ts, c.open, c.high, c.low, c.close, c.volume] for c in candles]
+
+        rows = self.cache.get(key, self.ohlcv_max_age_s, fetch)
+        return [Candle(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
+
+    def fetch_balances(self) -> dict[str, float]:
+        """Free balance per currency (never cached: it is per account)."""
+        return self.inner.fetch_balances()
+
+    def create_order(self, request: OrderRequest) -> OrderReport:
+        """Send one order through the inner gateway."""
+        return self.inner.create_order(request)
+
+    def fetch_order(self, symbol: str, client_order_id: str) -> OrderReport | None:
+        """Look an order up by client order id."""
+        return self.inner.fetch_order(symbol, client_order_id)
+
+    def cancel_order(self, symbol: str, client_order_id: str) -> OrderReport:
+        """Cancel a resting order by client order id."""
+        return self.inner.cancel_order(symbol, client_order_id)
+
+    def fetch_open_orders(self, symbol: str) -> list[OrderReport]:
+        """Every resting order of this account on `symbol`."""
+        return self.inner.fetch_open_orders(symbol)

@@ -1,0 +1,426 @@
+"""The order manager: every order is written before it is sent, and never sent twice.
+
+`submit` computes a deterministic client order id from (bot, generation, slot, intent
+index), inserts the row as `pending_submit` (the id is unique: a second attempt at the
+same slot finds the row and never sends again), checks the fence, sends once, and
+records what the exchange answered. A lost answer leaves the row `unknown`;
+`reconcile` resolves it by looking the client order id up - never by resending.
+
+Positions and PnL derive from `fills` rows only (`position_and_pnl`), so live and paper
+trading account the same way. The same code path serves both: the gateway differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import lru_cache
+
+import structlog
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from engine.db import session_scope
+from engine.domain import MarketRules, OpenOrder, OrderIntent, OrderType, Side, Ticker
+from engine.errors import (
+    ExchangeBannedError,
+    FencedError,
+    OperationalError,
+    OrderRejectedError,
+    TemporaryError,
+)
+from engine.exchange.catalog import client_id_rules
+from engine.exchange.fills import floor_to_step, resolve_amount, round_to_step
+from engine.exchange.gateway import Gateway, OrderReport, OrderRequest, OrderStatus
+from engine.models import Fill, Order, utcnow
+
+log = structlog.get_logger("engine.orders")
+
+RECONCILE_GRACE_S = 15.0
+"""How old a `pending_submit`/`unknown` order must be before "not found" means "never
+reached the exchange" (exchanges index new orders with a small delay)."""
+BINANCE_ID_CHARS = r"[.A-Z:/a-z0-9_-]"
+ID_PREFIX = "be"
+"""Marks the engine's orders (botengine) among others on the same account."""
+_LIVE = (OrderStatus.PENDING_SUBMIT, OrderStatus.UNKNOWN, OrderStatus.OPEN)
+_EPS = 1e-12
+
+
+# -- client order ids ---------------------------------------------------------------
+
+
+def client_order_id(
+    bot: str,
+    generation: int,
+    slot: int,
+    index: int,
+    max_len: int = 36,
+    allowed: str = BINANCE_ID_CHARS,
+) -> str:
+    """The deterministic client order id of intent `index` of a slot, fitted to the
+    exchange: at most `max_len` characters from the regex class `allowed`.
+
+    `be-grid-sol-3-1042-0` when it fits (the `be` prefix tells the engine's orders
+    from manual ones on a shared account); otherwise `be-`, a readable prefix of the
+    bot name and an 80-bit hash of the full id, so distinct orders never share an id.
+    """
+    canonical = f"{bot}-{generation}-{slot}-{index}"
+    ok = _charset(allowed)
+    readable = f"{ID_PREFIX}-{canonical}"
+    if len(readable) <= max_len and ok.fullmatch(readable):
+        return readable
+    sep = "-" if ok.fullmatch("-") else ""
+    head = f"{ID_PREFIX}{sep}"
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[: max(1, min(20, max_len - 3))]
+    room = max_len - len(head) - len(digest) - len(sep)
+    name = "".join(ch for ch in bot if ok.fullmatch(ch))[: max(0, room)]
+    return (f"{head}{name}{sep}{digest}" if name else f"{head}{digest}")[-max_len:]
+
+
+@lru_cache(maxsize=16)
+def _charset(allowed: str) -> re.Pattern[str]:
+    return re.compile(f"{allowed}+")
+
+
+# -- sizing -------------------------------------------------------------------------
+
+
+def size_order(
+    intent: OrderIntent, rules: MarketRules, ticker: Ticker
+) -> tuple[float, float | None]:
+    """(amount, price) of `intent` rounded to the market's steps; below the exchange's
+    minimums → OrderRejectedError (the exchange would refuse it anyway)."""
+    if intent.type is OrderType.LIMIT:
+        assert intent.price is not None
+        price: float | None = round_to_step(intent.price, rules.price_step)
+        reference = price or intent.price
+    else:
+        price = None
+        reference = ticker.ask if intent.side is Side.BUY else ticker.bid
+    amount = floor_to_step(resolve_amount(intent, reference), rules.amount_step)
+    if amount <= 0 or amount < rules.min_amount:
+        raise OrderRejectedError(f"amount {amount} below the minimum {rules.min_amount}")
+    if amount * reference < rules.min_notional:
+        raise OrderRejectedError(
+            f"notional {amount * reference:.8g} below the minimum {rules.min_notional}"
+        )
+    return amount, price
+
+
+# -- submit ---------------------------------------------------------------------------
+
+
+def submit(
+    db: Engine,
+    gateway: Gateway,
+    *,
+    bot: str,
+    generation: int,
+    slot: int,
+    index: int,
+    intent: OrderIntent,
+    ticker: Ticker,
+    rules: MarketRules,
+    fence: Callable[[], None],
+) -> Order | None:
+    """Write, fence, send once, record. Returns the row if the order was sent (whatever
+    the answer), None if nothing was sent (too small, or this id was handled before).
+
+    Raises FencedError (row marked rejected, reason `fenced`, nothing sent),
+    OperationalError (credentials: the bot must stop) and ExchangeBannedError (the tick
+    must stop sending); every other exchange failure is recorded on the row.
+    """
+    id_rules = client_id_rules(gateway.exchange_id)
+    cid = client_order_id(bot, generation, slot, index, id_rules.max_len, id_rules.allowed)
+    row = Order(
+        client_order_id=cid,
+        bot=bot,
+        generation=generation,
+        slot=slot,
+        intent_index=index,
+        exchange=gateway.exchange_id,
+        symbol=rules.symbol,
+        side=intent.side.value,
+        type=intent.type.value,
+        amount=0.0,
+        price=intent.price,
+        reason=intent.reason,
+        tag=intent.tag,
+        status=OrderStatus.PENDING_SUBMIT.value,
+    )
+    try:
+        row.amount, row.price = size_order(intent, rules, ticker)
+    except OrderRejectedError as exc:
+        row.status, row.error = OrderStatus.REJECTED.value, str(exc)
+    if not _insert(db, row):
+        log.warning("order.duplicate", client_order_id=cid)
+        _resolve_existing(db, gateway, cid)
+        return None
+    if row.status == OrderStatus.REJECTED.value:
+        log.info("order.too_small", client_order_id=cid, error=row.error)
+        return None
+    try:
+        fence()  # right before sending: a stopped bot sends nothing more
+    except FencedError:
+        _set_status(db, row, OrderStatus.REJECTED, "fenced")
+        log.info("order.fenced", client_order_id=cid)
+        raise
+    request = OrderRequest(rules.symbol, intent.side, intent.type, row.amount, cid, row.price)
+    try:
+        report = gateway.create_order(request)
+    except OrderRejectedError as exc:
+        log.info("order.rejected", client_order_id=cid, error=str(exc))
+        return _set_status(db, row, OrderStatus.REJECTED, str(exc))
+    except OperationalError as exc:
+        _set_status(db, row, OrderStatus.REJECTED, str(exc))
+        raise
+    except TemporaryError as exc:  # timeout, lost answer, 5xx: the order may exist
+        log.warning("order.unknown", client_order_id=cid, error=str(exc))
+        stored = _set_status(db, row, OrderStatus.UNKNOWN, str(exc))
+        if isinstance(exc, ExchangeBannedError):
+            raise
+        return stored
+    except BaseException as exc:
+        _set_status(db, row, OrderStatus.UNKNOWN, f"{type(exc).__name__}: {exc}")
+        raise
+    log.info(
+        "order.sent",
+        client_order_id=cid,
+        status=report.status.value,
+        filled=report.filled,
+        side=intent.side.value,
+        amount=row.amount,
+    )
+    return apply_report(db, cid, report)
+
+
+def _insert(db: Engine, row: Order) -> bool:
+    try:
+        with session_scope(db) as session:
+            session.add(row)
+    except IntegrityError:
+        return False
+    return True
+
+
+def _resolve_existing(db: Engine, gateway: Gateway, cid: str) -> None:
+    """A retried slot found its order row: settle it by lookup, never by sending."""
+    with Session(db) as session:
+        row = session.exec(select(Order).where(Order.client_order_id == cid)).first()
+    if row is not None and OrderStatus(row.status) in _LIVE:
+        _reconcile_row(db, gateway, row, None, RECONCILE_GRACE_S)
+
+
+def _set_status(db: Engine, row: Order, status: OrderStatus, error: str | None) -> Order:
+    with session_scope(db) as session:
+        stored = session.get(Order, row.id)
+        assert stored is not None
+        stored.status, stored.error, stored.updated_at = status.value, error, utcnow()
+        session.add(stored)
+    return stored
+
+
+def apply_report(db: Engine, client_order_id: str, report: OrderReport) -> Order:
+    """Record what the exchange says about an order: status, fills and fees.
+
+    Fill rows are added for the part of `report.filled` not yet covered by fill rows,
+    so applying the same report twice changes nothing (and the paper broker, which
+    books its own fill rows, is not counted twice).
+    """
+    with session_scope(db) as session:
+        row = session.exec(select(Order).where(Order.client_order_id == client_order_id)).one()
+        assert row.id is not None
+        booked = session.exec(select(Fill).where(Fill.order_id == row.id)).all()
+        amount = sum(f.amount for f in booked)
+        delta = report.filled - amount
+        if delta > _EPS * max(1.0, report.filled):
+            cost = sum(f.amount * f.price for f in booked)
+            average = report.average or report.price or row.price or 0.0
+            price = (average * report.filled - cost) / delta
+            fee = max(0.0, report.fee - sum(f.fee for f in booked))
+            session.add(
+                Fill(
+                    order_id=row.id,
+                    bot=row.bot,
+                    symbol=row.symbol,
+                    side=row.side,
+                    amount=delta,
+                    price=price if price > 0 else average,
+                    fee=fee,
+                    fee_currency=report.fee_currency,
+                )
+            )
+        row.status = report.status.value
+        row.exchange_order_id = report.exchange_order_id or row.exchange_order_id
+        row.filled, row.average = report.filled, report.average
+        row.fee, row.fee_currency = report.fee, report.fee_currency
+        if report.status is not OrderStatus.REJECTED:
+            row.error = None
+        row.updated_at = utcnow()
+        session.add(row)
+    return row
+
+
+# -- reconcile and cancel -------------------------------------------------------------
+
+
+def reconcile(db: Engine, bot: str, gateway: Gateway, *, grace_s: float = RECONCILE_GRACE_S) -> int:
+    """Settle the bot's pending, unknown and open orders against the exchange.
+
+    One `fetch_open_orders` per symbol covers every still-resting order; the rest are
+    looked up one by one by client order id. Not found and older than `grace_s` →
+    `rejected` ("never reached the exchange"). Nothing is ever resent. Returns how many
+    rows changed status. A bot with no such orders costs no request.
+    """
+    rows = _live_rows(db, bot)
+    changed = 0
+    for symbol in sorted({r.symbol for r in rows}):
+        mine = [r for r in rows if r.symbol == symbol]
+        resting: dict[str, OrderReport] | None = None
+        if len(mine) > 1:
+            resting = {o.client_order_id: o for o in gateway.fetch_open_orders(symbol)}
+        for row in mine:
+            report = None if resting is None else resting.get(row.client_order_id)
+            changed += _reconcile_row(db, gateway, row, report, grace_s)
+    return changed
+
+
+def _reconcile_row(
+    db: Engine, gateway: Gateway, row: Order, report: OrderReport | None, grace_s: float
+) -> int:
+    before = row.status
+    if report is None:
+        report = gateway.fetch_order(row.symbol, row.client_order_id)
+    if report is not None:
+        after = apply_report(db, row.client_order_id, report).status
+    elif utcnow() - row.created_at < timedelta(seconds=grace_s):
+        return 0  # may still be on its way, or not yet indexed by the exchange
+    elif before == OrderStatus.OPEN.value:
+        after = _set_status(db, row, OrderStatus.EXPIRED, "no longer known to the exchange").status
+    else:
+        after = _set_status(db, row, OrderStatus.REJECTED, "never reached the exchange").status
+    if after != before:
+        log.info(
+            "order.reconciled", client_order_id=row.client_order_id, before=before, after=after
+        )
+    return int(after != before)
+
+
+def cancel_open(db: Engine, bot: str, gateway: Gateway) -> int:
+    """Cancel every open order of the bot (`on_stop: cancel`); returns how many were
+    cancelled. Orders the exchange no longer knows are settled by `reconcile`."""
+    reconcile(db, bot, gateway)
+    cancelled = 0
+    for row in _live_rows(db, bot):
+        if row.status != OrderStatus.OPEN.value:
+            continue
+        try:
+            report = gateway.cancel_order(row.symbol, row.client_order_id)
+        except OrderRejectedError as exc:
+            log.warning("order.cancel_failed", client_order_id=row.client_order_id, error=str(exc))
+            continue
+        cancelled += apply_report(db, row.client_order_id, report).status == "canceled"
+    return cancelled
+
+
+def _live_rows(db: Engine, bot: str) -> list[Order]:
+    with Session(db) as session:
+        query = select(Order).where(
+            Order.bot == bot, col(Order.status).in_([s.value for s in _LIVE])
+        )
+        return list(session.exec(query.order_by(col(Order.id))).all())
+
+
+def open_orders(db: Engine, bot: str) -> list[OpenOrder]:
+    """The bot's orders that may rest on the book: open, and also pending or unknown
+    ones (so a strategy does not place a level twice while one is being resolved)."""
+    return [
+        OpenOrder(
+            client_order_id=r.client_order_id,
+            side=Side(r.side),
+            type=OrderType(r.type),
+            amount=r.amount,
+            price=r.price,
+            filled=r.filled,
+        )
+        for r in _live_rows(db, bot)
+    ]
+
+
+# -- positions and PnL ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PnL:
+    """A bot's position and profit from its fills, in quote currency.
+
+    Invariant: change of (quote + base valued at `price`) = realized + unrealized - fees.
+    """
+
+    position: float
+    average_cost: float
+    realized: float
+    unrealized: float
+    fees: float
+
+    @property
+    def net(self) -> float:
+        """Realized plus unrealized profit, after fees."""
+        return self.realized + self.unrealized - self.fees
+
+
+def position(db: Engine, bot: str) -> float:
+    """The bot's base-currency position from its fills."""
+    return position_and_pnl(db, bot).position
+
+
+def position_and_pnl(db: Engine, bot: str, price: float | None = None) -> PnL:
+    """Position, average cost, realized and unrealized PnL, and fees from the bot's fills
+    (average-cost method; unrealized at `price`, 0 without one)."""
+    with Session(db) as session:
+        rows = session.exec(
+            select(Fill).where(Fill.bot == bot).order_by(col(Fill.filled_at), col(Fill.id))
+        ).all()
+    return pnl_from_fills(rows, price)
+
+
+def pnl_from_fills(rows: Sequence[Fill], price: float | None = None) -> PnL:
+    """The accounting behind `position_and_pnl`, for any sequence of fills.
+
+    A fee charged in base currency (Binance buys) is treated as base sold at the fill
+    price and paid out, so the invariant on `PnL` holds whatever the fee currency.
+    """
+    pos = avg = realized = fees = 0.0
+    for fill in rows:
+        base, _, quote = fill.symbol.partition("/")
+        signed = fill.amount if fill.side == Side.BUY.value else -fill.amount
+        pos, avg, gained = _trade(pos, avg, signed, fill.price)
+        realized += gained
+        if fill.fee_currency == base:
+            pos, avg, gained = _trade(pos, avg, -fill.fee, fill.price)
+            realized += gained
+            fees += fill.fee * fill.price
+        elif fill.fee_currency == quote or fill.fee_currency is None:
+            fees += fill.fee
+        # A fee in a third currency (e.g. BNB) has no price here and is not counted.
+    unrealized = pos * (price - avg) if price is not None and pos else 0.0
+    return PnL(position=pos, average_cost=avg, realized=realized, unrealized=unrealized, fees=fees)
+
+
+def _trade(pos: float, avg: float, qty: float, price: float) -> tuple[float, float, float]:
+    """Apply a signed trade to (position, average cost); returns the realized part."""
+    if pos == 0 or (pos > 0) == (qty > 0):  # opening or adding
+        new = pos + qty
+        return new, (avg * pos + price * qty) / new if new else 0.0, 0.0
+    closed = min(abs(qty), abs(pos)) * (1 if pos > 0 else -1)
+    realized = closed * (price - avg)
+    new = pos + qty
+    if abs(new) < _EPS:
+        return 0.0, 0.0, realized
+    if (new > 0) != (pos > 0):  # flipped: the remainder opens at this price
+        return new, price, realized
+    return new, avg, realized

@@ -1,0 +1,206 @@
+"""Shared market data: one fetch per interval for many bots, resilient to a dead fetcher."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from engine.domain import Candle, MarketRules, Ticker
+from engine.embedded import reachable
+from engine.errors import TemporaryError
+from engine.exchange.gateway import OrderReport, OrderRequest
+from engine.exchange.marketdata import CachedGateway, MarketDataCache
+
+OWN_REDIS_URL = os.environ.get("EXCHANGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """Redis db 13, owned by the exchange-layer tests (other suites flush their own db);
+    the suite's Redis when no server listens on the default port."""
+    url = OWN_REDIS_URL if reachable(OWN_REDIS_URL) else os.environ["REDIS_URL"]
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+class Counter:
+    """A fetch function that counts its calls and takes `delay` seconds."""
+
+    def __init__(self, delay: float = 0.0, error: Exception | None = None) -> None:
+        self.calls = 0
+        self.delay = delay
+        self.error = error
+        self.lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self.lock:
+            self.calls += 1
+        time.sleep(self.delay)
+        if self.error is not None:
+            raise self.error
+        return {"price": 42}
+
+
+def run_together(n: int, fn: Any) -> list[Any]:
+    """Run `fn` in `n` threads released at once; results (or exceptions) in order."""
+    barrier = threading.Barrier(n)
+    out: list[Any] = [None] * n
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        try:
+            out[i] = fn()
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            out[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_many_readers_one_fetch(redis_url: str) -> None:
+    # Given 50 bots (separate connections) asking for the same ticker at once
+    fetch = Counter(delay=0.05)
+
+    def read() -> Any:
+        cache = MarketDataCache(redis.Redis.from_url(redis_url))
+        return cache.get("md:test:BTC/USDT:ticker", 5.0, fetch)
+
+    # When they all read
+    results = run_together(50, read)
+    # Then one fetched, and all got its value
+    assert fetch.calls == 1
+    assert results == [{"price": 42}] * 50
+
+
+def test_stale_values_are_refetched(redis_url: str) -> None:
+    # Given a value fetched 0.2 s ago
+    cache = MarketDataCache(redis.Redis.from_url(redis_url))
+    fetch = Counter()
+    cache.get("k", 0.1, fetch)
+    time.sleep(0.15)
+    # When a reader accepting 0.1 s reads, and one accepting 10 s reads
+    cache.get("k", 0.1, fetch)
+    cache.get("k", 10.0, fetch)
+    # Then only the strict one caused a second fetch
+    assert fetch.calls == 2
+
+
+def test_waiters_fetch_themselves_when_the_holder_died(redis_url: str) -> None:
+    # Given a fetcher that took the lock and died (lock left, no value)
+    client = redis.Redis.from_url(redis_url)
+    client.set("k:lock", "dead-holder", px=300)
+    cache = MarketDataCache(client, wait_s=2.0)
+    fetch = Counter()
+    # When a bot reads
+    started = time.monotonic()
+    assert cache.get("k", 1.0, fetch) == {"price": 42}
+    # Then it took over once the dead holder's lock expired - one fetch, no long stall
+    assert fetch.calls == 1
+    assert 0.25 <= time.monotonic() - started < 1.5
+
+
+def test_waiters_give_up_waiting_on_a_stuck_holder(redis_url: str) -> None:
+    # Given a holder stuck with a long lock
+    client = redis.Redis.from_url(redis_url)
+    client.set("k:lock", "stuck", px=10_000)
+    cache = MarketDataCache(client, wait_s=0.2)
+    fetch = Counter()
+    # When a bot reads, it fetches by itself after its short wait
+    started = time.monotonic()
+    assert cache.get("k", 1.0, fetch) == {"price": 42}
+    assert fetch.calls == 1
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_failed_fetch_is_shared_not_repeated(redis_url: str) -> None:
+    # Given the exchange failing, and 20 bots reading together
+    fetch = Counter(delay=0.05, error=TemporaryError("exchange down"))
+
+    def read() -> Any:
+        return MarketDataCache(redis.Redis.from_url(redis_url)).get("k", 5.0, fetch)
+
+    results = run_together(20, read)
+    # Then all failed temporarily, but the exchange saw one request
+    assert all(isinstance(r, TemporaryError) for r in results)
+    assert fetch.calls == 1
+
+
+class StaticData:
+    """A data gateway returning fixed values and counting calls."""
+
+    exchange_id = "fake"
+
+    def __init__(self) -> None:
+        self.tickers = 0
+        self.candles = 0
+
+    def market_rules(self, symbol: str) -> MarketRules:
+        return MarketRules(symbol, "BTC", "USDT")
+
+    def fetch_ticker(self, symbol: str) -> Ticker:
+        self.tickers += 1
+        return Ticker(symbol, 99.5, 100.5, 100.0, 1_700_000_000_000)
+
+    def fetch_ohlcv(self, symbol: str, timeframe: str, limit: int) -> list[Candle]:
+        self.candles += 1
+        return [Candle(60_000 * i, 1.0, 2.0, 0.5, 1.5, 10.0) for i in range(limit)]
+
+    def fetch_balances(self) -> dict[str, float]:
+        return {"USDT": 1.0}
+
+    def create_order(self, request: OrderRequest) -> OrderReport:
+        raise NotImplementedError
+
+    def fetch_order(self, symbol: str, client_order_id: str) -> OrderReport | None:
+        return None
+
+    def cancel_order(self, symbol: str, client_order_id: str) -> OrderReport:
+        raise NotImplementedError
+
+    def fetch_open_orders(self, symbol: str) -> list[OrderReport]:
+        return []
+
+
+def test_cached_gateway_round_trips_tickers_and_candles(redis_url: str) -> None:
+    # Given two bots' gateways over the same source
+    inner = StaticData()
+    gateways = [
+        CachedGateway(
+            inner,
+            MarketDataCache(redis.Redis.from_url(redis_url)),
+            source="fake:default",
+            ticker_max_age_s=5,
+            ohlcv_max_age_s=5,
+        )
+        for _ in range(2)
+    ]
+    # When both read ticker and candles
+    tickers = [g.fetch_ticker("BTC/USDT") for g in gateways]
+    candles = [g.fetch_ohlcv("BTC/USDT", "1m", 3) for g in gateways]
+    # Then the values survive the cache exactly, and each was fetched once
+    assert tickers[0] == tickers[1] == inner.fetch_ticker("BTC/USDT")
+    assert candles[0] == candles[1] == inner.fetch_ohlcv("BTC/USDT", "1m", 3)
+    assert (inner.tickers, inner.candles) == (2, 2)  # 1 cached fetch + 1 direct, each
+    assert gateways[0].fetch_balances() == {"USDT": 1.0}
+
+
+@pytest.mark.parametrize("limit", [1, 5])
+def test_candle_keys_include_the_limit(redis_url: str, limit: int) -> None:
+    inner = StaticData()
+    gateway = CachedGateway(
+        inner,
+        MarketDataCache(redis.Redis.from_url(redis_url)),
+        source="fake:default",
+        ticker_max_age_s=5,
+        ohlcv_max_age_s=5,
+    )
+    assert len(gateway.fetch_ohlcv("BTC/USDT", "1m", limit)) == limit
