@@ -299,6 +299,98 @@ def db_upgrade() -> None:
     out.print("database is up to date")
 
 
+@app.command()
+def run(file: Annotated[Path, typer.Argument(help="Bot YAML file")]) -> None:
+    """Run one bot in the foreground without broker or Redis (Ctrl-C stops it)."""
+    import signal
+    import threading
+
+    from engine.config import load_bot_config
+    from engine.inprocess import run_foreground
+    from engine.logging import configure_logging
+    from engine.settings import get_settings
+
+    try:
+        config = load_bot_config(file)
+    except BotConfigError as exc:
+        raise _fail(str(exc)) from None
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    ticks_run = run_foreground(config, settings, stop, source=str(file))
+    err.print(f"{config.name}: stopped after {ticks_run} tick(s)")
+
+
+@app.command()
+def simulator(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    seed: int = 42,
+    latency_ms: Annotated[float, typer.Option(help="Added to every response")] = 0.0,
+) -> None:
+    """Serve the loopback exchange simulator (a Binance spot imitation) until Ctrl-C."""
+    from engine.exchange.simulator import run_simulator
+    from engine.logging import configure_logging
+    from engine.settings import get_settings
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    run_simulator(
+        host=host,
+        port=port,
+        seed=seed,
+        latency_ms=latency_ms or None,
+        api_key=settings.simulator_api_key,
+        api_secret=settings.simulator_api_secret.get_secret_value(),
+    )
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Default: API_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="Default: API_PORT")] = None,
+) -> None:
+    """Serve the HTTP control API (refuses a non-loopback host without API_TOKEN)."""
+    from engine.api import serve
+    from engine.settings import get_settings
+
+    settings = get_settings()
+    serve(host or settings.api_host, port or settings.api_port)
+
+
+@app.command()
+def flower(port: int = 5555) -> None:
+    """Start Flower on loopback with basic auth from FLOWER_USER / FLOWER_PASSWORD."""
+    import os
+
+    from engine.settings import get_settings
+
+    settings = get_settings()
+    if settings.flower_password is None:
+        raise _fail("set FLOWER_PASSWORD (and FLOWER_USER) first: Flower can stop workers")
+    auth = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
+    celery = str(Path(sys.executable).parent / "celery")
+    os.execv(celery, [celery, "-A", "engine.celery_app", "flower", "--address=127.0.0.1",
+                      f"--port={port}", f"--basic-auth={auth}"])
+
+
+@app.command()
+def demo(
+    duration: Annotated[float | None, typer.Option(help="Stop after N seconds")] = None,
+    bots: Annotated[list[Path] | None, typer.Option("--bot", help="Bot files")] = None,
+    workdir: Annotated[Path, typer.Option(help="Logs and database")] = Path("demo-run"),
+) -> None:
+    """Everything embedded: Redis, simulator, worker, beat, API and the example bots."""
+    from engine.demo import run_demo
+
+    files = bots or sorted(Path("bots").glob("*.yaml"))
+    if not files:
+        raise _fail("no bot files: pass --bot FILE or run from the repository root")
+    raise typer.Exit(run_demo(files, duration, workdir))
+
+
 def main() -> None:
     """Console-script entry point: expected errors become one line, not a traceback."""
     try:

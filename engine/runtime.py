@@ -38,7 +38,7 @@ class Runtime:
     """Everything a tick, a lifecycle command or the reconciler needs from the outside."""
 
     settings: Settings
-    redis: redis.Redis
+    redis: redis.Redis | None  # None in `botengine run`: no shared cache, limits or bans
     db: Engine
     coordinator: Coordinator
     enqueue: Enqueue

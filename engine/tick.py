@@ -93,7 +93,7 @@ def run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome |
 def trade(rt: Runtime, bot: str, generation: int, slot: int, due: float) -> int:
     """Step 4: market data → strategy (pure) → risk → orders; returns orders sent."""
     config, strategy = bot_setup(rt, bot, generation)
-    if (until := ban_until(rt.redis, config.exchange)) is not None:
+    if rt.redis is not None and (until := ban_until(rt.redis, config.exchange)) is not None:
         raise ExchangeBannedError(f"{config.exchange} banned this IP until {until:.0f}")
     gateway = rt.gateway(config)
     orders.reconcile(rt.db, bot, gateway)  # settle what earlier ticks left open or unknown

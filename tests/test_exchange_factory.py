@@ -125,5 +125,5 @@ def test_credentials_come_from_the_environment(
 
 def test_data_max_age_is_a_bounded_fraction_of_the_interval() -> None:
     assert data_max_age(1) == 1.0
-    assert data_max_age(20) == 5.0
+    assert data_max_age(6) == 3.0
     assert data_max_age(3600) == 10.0

@@ -289,7 +289,7 @@ def config(name: str) -> BotConfig:
             "name": name,
             "exchange": "simulator",
             "symbol": SYMBOL,
-            "check_interval": "6s",
+            "check_interval": "2s",
             "strategy": {
                 "name": "sma_cross",
                 "params": {"fast": 2, "slow": 3, "quote_amount": 100},
@@ -311,13 +311,14 @@ def test_hundred_paper_bots_cost_one_ticker_request_per_interval(
     ]
     errors: list[BaseException] = []
 
-    def tick(i: int, barrier: threading.Barrier) -> None:
-        barrier.wait()
+    def tick(i: int, data_phase: threading.Barrier, rest_phase: threading.Barrier) -> None:
+        gw = gateways[i]
         try:
-            gw = gateways[i]
-            gw.market_rules(SYMBOL)
+            data_phase.wait()  # every bot's slot is due now: market data first
             gw.fetch_ticker(SYMBOL)
             gw.fetch_ohlcv(SYMBOL, "1m", 3)
+            rest_phase.wait()  # then the slower, per-bot part of the tick
+            gw.market_rules(SYMBOL)
             gw.fetch_balances()
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
@@ -325,14 +326,14 @@ def test_hundred_paper_bots_cost_one_ticker_request_per_interval(
     # When they all tick together, on three consecutive intervals
     rounds = 3
     for n in range(rounds):
-        barrier = threading.Barrier(100)
-        threads = [threading.Thread(target=tick, args=(i, barrier)) for i in range(100)]
+        phases = threading.Barrier(100), threading.Barrier(100)
+        threads = [threading.Thread(target=tick, args=(i, *phases)) for i in range(100)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         if n < rounds - 1:  # the next interval: the shared data has aged past max age
-            time.sleep(data_max_age(6.0) + 0.1)
+            time.sleep(data_max_age(2.0) + 0.1)
     # Then the simulator saw one ticker and one candle request per interval
     assert errors == []
     assert sim.request_count("/api/v3/ticker/24hr") == rounds

@@ -32,10 +32,10 @@ from engine.settings import Settings
 
 
 def data_max_age(interval_s: float) -> float:
-    """How old shared tickers and candles a bot accepts: a quarter of its interval,
-    within [1 s, 10 s] - bots ticking together then share one request per interval, and
-    no bot decides on data older than 10 s."""
-    return min(10.0, max(1.0, interval_s / 4))
+    """How old shared tickers and candles a bot accepts: half its interval, within
+    [1 s, 10 s]. Bots whose ticks of one slot spread over less than that share one
+    request per interval, and no bot decides on data older than 10 s."""
+    return min(10.0, max(1.0, interval_s / 2))
 
 
 def read_credentials(config: BotConfig) -> tuple[str | None, str | None, str | None]:

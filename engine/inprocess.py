@@ -1,0 +1,145 @@
+"""`botengine run FILE`: one bot in the foreground, no broker, no Redis.
+
+The same `run_tick` runs each slot; claims, the bot lock and the schedule mirror live
+in memory (`MemoryCoordinator`) and the schedule is a sleep until the next due time.
+For developing a strategy against live or simulated data without any services.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from engine import lifecycle
+from engine.config import BotConfig
+from engine.coordination import Begin, Mirror, Verdict
+from engine.db import engine_for, migrate
+from engine.logging import get_logger
+from engine.runtime import Runtime
+from engine.settings import Settings
+from engine.tick import run_tick
+
+log = get_logger("engine.inprocess")
+
+
+@dataclass
+class MemoryCoordinator:
+    """The coordinator protocol in one process's memory (thread-safe)."""
+
+    mirrors: dict[str, Mirror] = field(default_factory=dict)
+    claims: dict[tuple[str, int, int], str] = field(default_factory=dict)
+    locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def begin(self, bot: str, generation: int, slot: int, worker: str) -> Begin:
+        """Guard and claim a slot atomically."""
+        with self._guard:
+            mirror = self.mirrors.get(bot)
+            if mirror is None:
+                return Begin(Verdict.MISSING)
+            if mirror.status != "running" or mirror.generation != generation:
+                return Begin(Verdict.DROPPED, mirror)
+            if slot != mirror.next_slot:
+                return Begin(Verdict.STALE, mirror)
+            if (bot, generation, slot) in self.claims:
+                return Begin(Verdict.DUPLICATE, mirror)
+            self.claims[(bot, generation, slot)] = f"run:{time.time():.3f}:{worker}"
+            return Begin(Verdict.RUN, mirror)
+
+    def finish(self, bot: str, generation: int, slot: int) -> None:
+        """Mark a claim done."""
+        with self._guard:
+            self.claims[(bot, generation, slot)] = f"done:{time.time():.3f}"
+
+    @contextmanager
+    def lock(self, bot: str, ttl: float, wait: float) -> Iterator[bool]:
+        """A per-bot mutex (ttl is moot: a dead process takes its memory with it)."""
+        with self._guard:
+            mutex = self.locks.setdefault(bot, threading.Lock())
+        acquired = mutex.acquire(timeout=wait) if wait > 0 else mutex.acquire(blocking=False)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                mutex.release()
+
+    def generation(self, bot: str) -> int | None:
+        """The running generation, for fencing."""
+        with self._guard:
+            mirror = self.mirrors.get(bot)
+        return mirror.generation if mirror and mirror.status == "running" else None
+
+    def advance(
+        self, bot: str, generation: int, expected: int, new: int, due: float, parked: bool
+    ) -> bool:
+        """Compare-and-set the next slot."""
+        with self._guard:
+            mirror = self.mirrors.get(bot)
+            if (
+                mirror is None
+                or mirror.status != "running"
+                or mirror.generation != generation
+                or mirror.next_slot != expected
+            ):
+                return False
+            self.mirrors[bot] = Mirror(
+                mirror.status, generation, mirror.origin, mirror.interval, new
+            )
+            return True
+
+    def publish(self, mirror: Mirror, bot: str, due: float, parked: bool) -> bool:
+        """Write a mirror unless a newer generation is there."""
+        with self._guard:
+            current = self.mirrors.get(bot)
+            if current is not None and current.generation > mirror.generation:
+                return False
+            self.mirrors[bot] = mirror
+            return True
+
+
+class _SleepSchedule:
+    """The successor queue of one bot: the next (generation, slot, due) to run."""
+
+    def __init__(self) -> None:
+        self.next: tuple[int, int, float] | None = None
+
+    def enqueue(self, bot: str, generation: int, slot: int, due: float) -> None:
+        self.next = (generation, slot, due)
+
+
+def run_foreground(
+    config: BotConfig, settings: Settings, stop: threading.Event, source: str | None = None
+) -> int:
+    """Run one bot until `stop` is set (Ctrl-C); returns the number of ticks run."""
+    migrate(settings.database_url)
+    schedule = _SleepSchedule()
+    rt = Runtime(
+        settings=settings,
+        redis=None,
+        db=engine_for(settings.database_url),
+        coordinator=MemoryCoordinator(),
+        enqueue=schedule.enqueue,
+    )
+    result = lifecycle.start(rt, config, source=source)
+    if result.change is lifecycle.Change.UNCHANGED:
+        # The database says running (another process, or a crash): take over here.
+        lifecycle.stop(rt, config.name)
+        lifecycle.start(rt, config, source=source)
+    ticks = 0
+    try:
+        while not stop.is_set():
+            if schedule.next is None:
+                break  # the chain ended (error state)
+            generation, slot, due = schedule.next
+            if stop.wait(max(0.0, due - time.time())):
+                break
+            schedule.next = None
+            run_tick(rt, config.name, generation, slot)
+            ticks += 1
+    finally:
+        lifecycle.stop(rt, config.name)
+        log.info("run.stopped", bot=config.name, ticks=ticks)
+    return ticks
