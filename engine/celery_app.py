@@ -87,7 +87,7 @@ app.conf.update(
 )
 
 
-class _JsonWorker(Worker):  # type: ignore[misc]
+class _JsonWorker(Worker):
     """Worker whose ASCII banner is replaced by a JSON `worker.ready` line."""
 
     def on_before_init(self, quiet: bool = False, **kwargs: Any) -> None:
@@ -96,7 +96,7 @@ class _JsonWorker(Worker):  # type: ignore[misc]
         super().on_before_init(quiet=True, **kwargs)
 
 
-class _JsonBeat(Beat):  # type: ignore[misc]
+class _JsonBeat(Beat):
     """Beat without its ASCII banner, which no log shipper can parse."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -112,9 +112,9 @@ def _say_as_json(msg: str, f: Any = None) -> None:
 
 # The shutdown handlers call the module-level `safe_say`; replacing it is the only hook
 # that keeps "worker: Warm shutdown" a JSON line.
-celery_worker_module.safe_say = _say_as_json
-app.Worker = app.subclass_with_self(_JsonWorker)
-app.Beat = app.subclass_with_self(_JsonBeat)
+celery_worker_module.safe_say = _say_as_json  # type: ignore[attr-defined]
+app.Worker = app.subclass_with_self(_JsonWorker)  # type: ignore[misc]
+app.Beat = app.subclass_with_self(_JsonBeat)  # type: ignore[misc]
 
 
 def _install_logging(level: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +14,7 @@ from sqlmodel import Session, col, select
 
 from engine.errors import BotConfigError, BotEngineError, BrokerUnavailableError
 from engine.models import Bot, Tick
-from engine.schedule import due_at
+from engine.views import bot_summary, tick_row
 
 app = typer.Typer(
     name="botengine",
@@ -140,29 +139,6 @@ def resume_bot(name: str) -> None:
     _lifecycle("resume", name)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat() if value else None
-
-
-def bot_summary(bot: Bot) -> dict[str, Any]:
-    """One bot's status as a JSON-able dict (CLI `status --json` and the API)."""
-    running = bot.status == "running"
-    next_due = due_at(bot.origin, bot.interval_s, bot.next_slot) if running else None
-    return {
-        "name": bot.name,
-        "status": bot.status,
-        "generation": bot.generation,
-        "interval_s": bot.interval_s,
-        "last_tick_at": _iso(bot.last_tick_at),
-        "next_due_at": datetime.fromtimestamp(next_due, UTC).isoformat() if next_due else None,
-        "ticks_ok": bot.ticks_ok,
-        "ticks_failed": bot.ticks_failed,
-        "ticks_missed": bot.ticks_missed,
-        "orders": bot.orders_sent,
-        "last_error": bot.last_error,
-    }
-
-
 def status_table(rows: list[dict[str, Any]]) -> Table:
     """The status table shown by `status` and the demo."""
     table = Table(
@@ -211,22 +187,6 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="JSON output")] 
         out.print_json(json.dumps(rows))
     else:
         out.print(status_table(rows))
-
-
-def tick_row(tick: Tick) -> dict[str, Any]:
-    """One tick record as a JSON-able dict."""
-    return {
-        "generation": tick.generation,
-        "slot": tick.slot,
-        "due_at": _iso(tick.due_at),
-        "started_at": _iso(tick.started_at),
-        "finished_at": _iso(tick.finished_at),
-        "lateness_ms": round(tick.lateness_ms, 3),
-        "duration_ms": round(tick.duration_ms, 3),
-        "outcome": tick.outcome,
-        "error": tick.error,
-        "orders": tick.orders,
-    }
 
 
 @app.command()
@@ -372,8 +332,18 @@ def flower(port: int = 5555) -> None:
         raise _fail("set FLOWER_PASSWORD (and FLOWER_USER) first: Flower can stop workers")
     auth = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
     celery = str(Path(sys.executable).parent / "celery")
-    os.execv(celery, [celery, "-A", "engine.celery_app", "flower", "--address=127.0.0.1",
-                      f"--port={port}", f"--basic-auth={auth}"])
+    os.execv(  # noqa: S606 - replaces this process with Flower, no shell involved
+        celery,
+        [
+            celery,
+            "-A",
+            "engine.celery_app",
+            "flower",
+            "--address=127.0.0.1",
+            f"--port={port}",
+            f"--basic-auth={auth}",
+        ],
+    )
 
 
 @app.command()

@@ -242,14 +242,19 @@ class RedisCoordinator:
 
     def mirror(self, bot: str) -> Mirror | None:
         """The bot's mirror as Redis holds it (None when missing)."""
-        fields = self.redis.hmget(
+        fields: list[bytes | None] = self.redis.hmget(  # type: ignore[assignment]
             bot_key(bot), ["status", "gen", "next_slot", "origin", "interval"]
         )
         return _mirror(fields)
 
+    def due(self, schedule: str, until: float) -> list[str]:
+        """Bots in a schedule zset (SCHEDULE or PARKED) due at or before `until`."""
+        members: list[bytes] = self.redis.zrangebyscore(schedule, "-inf", until)  # type: ignore[assignment]
+        return [m.decode() for m in members]
+
     def claim(self, bot: str, generation: int, slot: int) -> str | None:
         """The claim value of a slot: `run:<ts>:<worker>`, `done:<ts>`, or None."""
-        value = self.redis.get(claim_key(bot, generation, slot))
+        value: bytes | None = self.redis.get(claim_key(bot, generation, slot))  # type: ignore[assignment]
         return value.decode() if value is not None else None
 
     def heartbeat(self, worker: str, ttl_s: int) -> None:

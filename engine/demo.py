@@ -205,8 +205,8 @@ def _drive(
 def _rows(rt: Any) -> list[dict[str, Any]]:
     from sqlmodel import Session, select
 
-    from engine.cli import bot_summary
     from engine.models import Bot
+    from engine.views import bot_summary
 
     with Session(rt.db) as session:
         return [bot_summary(b) for b in session.exec(select(Bot).order_by(Bot.name))]

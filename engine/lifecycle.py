@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from engine.config import BotConfig
 from engine.coordination import Mirror
@@ -164,12 +164,12 @@ def _bump(rt: Runtime, bot: Bot, status: BotStatus, **values: Any) -> int | None
     """Compare-and-set the generation; the new generation, or None if someone else won."""
     gen = bot.generation + 1
     with session_scope(rt.db) as session:
-        result = session.exec(  # type: ignore[call-overload]
+        result = session.execute(
             update(Bot)
-            .where(Bot.name == bot.name, Bot.generation == bot.generation)  # type: ignore[arg-type]
+            .where(col(Bot.name) == bot.name, col(Bot.generation) == bot.generation)
             .values(generation=gen, status=status.value, next_slot=0, updated_at=utcnow(), **values)
         )
-        return gen if result.rowcount == 1 else None
+        return gen if result.rowcount == 1 else None  # type: ignore[attr-defined]
 
 
 def _load(rt: Runtime, name: str) -> Bot:

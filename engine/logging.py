@@ -66,18 +66,11 @@ class SecretRedactor:
 redactor = SecretRedactor()
 
 
-def _logger_name(_: Any, __: str, event_dict: EventDict) -> EventDict:
-    record = event_dict.get("_record")
-    if "logger" not in event_dict:
-        event_dict["logger"] = record.name if record is not None else "botengine"
-    return event_dict
-
-
 def _shared_processors() -> list[Processor]:
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
-        _logger_name,
+        structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.stdlib.ExtraAdder(),
     ]
@@ -127,6 +120,11 @@ def get_logger(name: str = "botengine") -> Any:
 def bind(**context: Any) -> None:
     """Bind context (task_id, bot, generation, slot, ...) to every log line of this thread."""
     structlog.contextvars.bind_contextvars(**context)
+
+
+def unbind(*keys: str) -> None:
+    """Forget some bound context keys (the end of a tick inside a longer task)."""
+    structlog.contextvars.unbind_contextvars(*keys)
 
 
 def clear() -> None:

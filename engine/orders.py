@@ -346,6 +346,7 @@ def open_orders(db: Engine, bot: str) -> list[OpenOrder]:
             amount=r.amount,
             price=r.price,
             filled=r.filled,
+            tag=r.tag,
         )
         for r in _live_rows(db, bot)
     ]

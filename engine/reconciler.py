@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import update
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from engine.coordination import PARKED, SCHEDULE, Mirror, RedisCoordinator
 from engine.db import session_scope
@@ -42,11 +42,9 @@ def reconcile(rt: Runtime) -> Report:
     now = rt.clock()
     _restore_mirrors(rt, coordinator, now, report)
     grace = rt.settings.reconcile_grace_s
-    for raw in coordinator.redis.zrangebyscore(SCHEDULE, "-inf", now - grace):
-        _revive(rt, coordinator, raw.decode(), now, report)
-    horizon = now + rt.settings.eta_horizon_s
-    for raw in coordinator.redis.zrangebyscore(PARKED, "-inf", horizon):
-        bot = raw.decode()
+    for bot in coordinator.due(SCHEDULE, now - grace):
+        _revive(rt, coordinator, bot, now, report)
+    for bot in coordinator.due(PARKED, now + rt.settings.eta_horizon_s):
         mirror = coordinator.mirror(bot)
         if mirror is not None and coordinator.unpark(bot, mirror.generation, mirror.next_slot):
             due = due_at(mirror.origin, mirror.interval, mirror.next_slot)
@@ -174,9 +172,9 @@ def _move(
     if not moved:
         return False
     with session_scope(rt.db) as session:
-        session.exec(  # type: ignore[call-overload]
+        session.execute(
             update(Bot)
-            .where(Bot.name == bot, Bot.generation == generation)  # type: ignore[arg-type]
+            .where(col(Bot.name) == bot, col(Bot.generation) == generation)
             .values(next_slot=slot, ticks_missed=Bot.ticks_missed + missed)
         )
     if not parked:

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from engine import logging as elog
 from engine import orders
@@ -22,6 +22,7 @@ from engine.db import session_scope
 from engine.domain import MarketContext
 from engine.errors import ExchangeBannedError, FencedError, OperationalError
 from engine.exchange.ratelimit import ban_until
+from engine.exchange.retry import time_budget
 from engine.models import Bot, BotStatus, StrategyState, Tick, TickOutcome, utcnow
 from engine.risk import apply_risk
 from engine.runtime import Runtime
@@ -35,6 +36,13 @@ log = elog.get_logger("engine.tick")
 def run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome | None:
     """Run slot `slot` of `bot` at `generation` exactly once; None when it did not run."""
     elog.bind(bot=bot, generation=generation, slot=slot)
+    try:
+        return _run_tick(rt, bot, generation, slot)
+    finally:
+        elog.unbind("bot", "generation", "slot", "lateness_ms", "exchange", "symbol")
+
+
+def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome | None:
     begin = rt.coordinator.begin(bot, generation, slot, rt.worker_id)  # 1. guard + 2. claim
     if begin.verdict is not Verdict.RUN or begin.mirror is None:
         event = (
@@ -55,7 +63,9 @@ def run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome |
             if not mine:  # 3. another slot of this bot is still inside its run
                 outcome, error = TickOutcome.SKIPPED, "previous tick still running"
             else:
-                sent = trade(rt, bot, generation, slot, due)  # 4. data → strategy → orders
+                # Reads and rate-limit waits end well before the hard time limit.
+                with time_budget(rt.settings.tick_time_limit_s * 0.8):
+                    sent = trade(rt, bot, generation, slot, due)  # 4. data → strategy → orders
     except (FencedError, ExchangeBannedError) as exc:
         outcome, error = TickOutcome.SKIPPED, str(exc)
     except OperationalError as exc:
@@ -93,10 +103,12 @@ def run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome |
 def trade(rt: Runtime, bot: str, generation: int, slot: int, due: float) -> int:
     """Step 4: market data → strategy (pure) → risk → orders; returns orders sent."""
     config, strategy = bot_setup(rt, bot, generation)
+    elog.bind(exchange=config.exchange, symbol=config.symbol)
     if rt.redis is not None and (until := ban_until(rt.redis, config.exchange)) is not None:
         raise ExchangeBannedError(f"{config.exchange} banned this IP until {until:.0f}")
     gateway = rt.gateway(config)
-    orders.reconcile(rt.db, bot, gateway)  # settle what earlier ticks left open or unknown
+    # Settle what earlier ticks left open or unknown, before deciding anything new.
+    orders.reconcile(rt.db, bot, gateway, grace_s=rt.settings.reconcile_grace_s)
     rules = gateway.market_rules(config.symbol)
     ticker = gateway.fetch_ticker(config.symbol)
     needed = strategy.candles_needed()
@@ -211,7 +223,7 @@ def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
                     status = BotStatus.ERROR
                     values["status"] = status.value
                     values["last_error"] = f"{failures} failure(s) in a row; last: {rec.error}"
-            session.exec(update(Bot).where(Bot.name == rec.bot).values(**values))  # type: ignore[call-overload, arg-type]
+            session.execute(update(Bot).where(col(Bot.name) == rec.bot).values(**values))
             return status if row.generation == rec.generation else BotStatus.STOPPED
     except IntegrityError:
         # The slot was recorded already: a second run after Redis lost its claims.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +13,6 @@ import redis
 from structlog.testing import capture_logs
 
 from engine.domain import OrderType, Side
-from engine.embedded import reachable
 from engine.errors import (
     ExchangeBannedError,
     OperationalError,
@@ -30,16 +28,6 @@ from engine.exchange.retry import ReadRetry
 
 SYMBOL = "BTC/USDT"
 
-OWN_REDIS_URL = os.environ.get("EXCHANGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """Redis db 13, owned by the exchange-layer tests (other suites flush their own db);
-    the suite's Redis when no server listens on the default port."""
-    url = OWN_REDIS_URL if reachable(OWN_REDIS_URL) else os.environ["REDIS_URL"]
-    redis.Redis.from_url(url).flushdb()
-    return url
 
 
 @pytest.fixture

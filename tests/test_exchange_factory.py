@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +12,6 @@ from sqlalchemy import Engine
 from engine.config import BotConfig
 from engine.db import make_engine
 from engine.domain import OrderType, Side
-from engine.embedded import reachable
 from engine.errors import OperationalError
 from engine.exchange.clients import clear_clients
 from engine.exchange.factory import data_max_age, gateway_for
@@ -21,16 +19,6 @@ from engine.exchange.gateway import Gateway, OrderRequest, OrderStatus
 from engine.exchange.marketdata import CachedGateway
 from engine.exchange.paper import PaperGateway
 from engine.settings import Settings
-
-OWN_REDIS_URL = os.environ.get("EXCHANGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """Redis db 13, owned by the exchange-layer tests (other suites flush their own db)."""
-    url = OWN_REDIS_URL if reachable(OWN_REDIS_URL) else os.environ["REDIS_URL"]
-    redis.Redis.from_url(url).flushdb()
-    return url
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from typing import Any, cast
@@ -17,7 +16,6 @@ from sqlmodel import Session, col, select
 from engine import orders
 from engine.db import make_engine
 from engine.domain import MarketRules, OrderIntent, OrderType, Side, Ticker
-from engine.embedded import reachable
 from engine.errors import FencedError
 from engine.exchange.ccxt_gateway import CcxtGateway
 from engine.exchange.clients import ClientSpec, clear_clients, client_for
@@ -29,16 +27,6 @@ from engine.models import Fill, Order
 SYMBOL = "BTC/USDT"
 BINANCE_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 
-OWN_REDIS_URL = os.environ.get("EXCHANGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """Redis db 13, owned by the exchange-layer tests (other suites flush their own db);
-    the suite's Redis when no server listens on the default port."""
-    url = OWN_REDIS_URL if reachable(OWN_REDIS_URL) else os.environ["REDIS_URL"]
-    redis.Redis.from_url(url).flushdb()
-    return url
 
 
 def no_fence() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -19,7 +18,6 @@ from engine import orders
 from engine.config import BotConfig
 from engine.db import make_engine
 from engine.domain import Candle, MarketRules, OrderIntent, OrderType, Side, Ticker
-from engine.embedded import reachable
 from engine.errors import OrderRejectedError
 from engine.exchange.clients import clear_clients
 from engine.exchange.factory import data_max_age, gateway_for
@@ -33,16 +31,6 @@ RULES = MarketRules(
     SYMBOL, "BTC", "USDT", amount_step=1e-5, price_step=0.01, min_amount=1e-5, min_notional=5.0
 )
 
-OWN_REDIS_URL = os.environ.get("EXCHANGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """Redis db 13, owned by the exchange-layer tests (other suites flush their own db);
-    the suite's Redis when no server listens on the default port."""
-    url = OWN_REDIS_URL if reachable(OWN_REDIS_URL) else os.environ["REDIS_URL"]
-    redis.Redis.from_url(url).flushdb()
-    return url
 
 
 class Market:

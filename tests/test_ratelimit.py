@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -10,20 +9,8 @@ import pytest
 import redis
 from structlog.testing import capture_logs
 
-from engine.embedded import reachable
 from engine.errors import ExchangeBannedError, RateLimitedError
 from engine.exchange.ratelimit import Bucket, RateLimiter, ban_until
-
-OWN_REDIS_URL = os.environ.get("EXCHANGE_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """Redis db 13, owned by the exchange-layer tests (other suites flush their own db);
-    the suite's Redis when no server listens on the default port."""
-    url = OWN_REDIS_URL if reachable(OWN_REDIS_URL) else os.environ["REDIS_URL"]
-    redis.Redis.from_url(url).flushdb()
-    return url
 
 
 def two_processes(redis_url: str, exchange: str = "binance") -> tuple[RateLimiter, RateLimiter]:

@@ -83,20 +83,28 @@ def client_spec(config: BotConfig, settings: Settings, *, private: bool) -> Clie
 
 
 def gateway_for(
-    config: BotConfig, *, redis: redis_lib.Redis, db: Engine, settings: Settings
+    config: BotConfig, *, redis: redis_lib.Redis | None, db: Engine, settings: Settings
 ) -> Gateway:
-    """The gateway of one bot: paper or live, with shared cache and rate limits."""
+    """The gateway of one bot: paper or live, with shared cache and rate limits.
+
+    Without Redis (`botengine run`, one bot in one process) there is nothing to share:
+    reads go straight to the exchange; one bot makes a few requests per interval.
+    """
     live = config.mode == "live"
     spec = client_spec(config, settings, private=live)
-    exchange = CcxtGateway(client_for(spec), limiter=RateLimiter(redis, config.exchange))
-    max_age = data_max_age(config.check_interval)
-    cached = CachedGateway(
-        exchange,
-        MarketDataCache(redis),
-        source=f"{config.exchange}:{spec.origin}",
-        ticker_max_age_s=max_age,
-        ohlcv_max_age_s=max_age,
-    )
+    cached: Gateway
+    if redis is None:
+        cached = CcxtGateway(client_for(spec))
+    else:
+        exchange = CcxtGateway(client_for(spec), limiter=RateLimiter(redis, config.exchange))
+        max_age = data_max_age(config.check_interval)
+        cached = CachedGateway(
+            exchange,
+            MarketDataCache(redis),
+            source=f"{config.exchange}:{spec.origin}",
+            ticker_max_age_s=max_age,
+            ohlcv_max_age_s=max_age,
+        )
     if live:
         return cached
     return PaperGateway(

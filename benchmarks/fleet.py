@@ -1,0 +1,136 @@
+"""Starting and stopping many bots: configs, paced lifecycle starts, bulk starts, stops.
+
+Bots are started spread evenly over one interval (bot i at phase i * S / N), the way
+bots started by people over time end up, so a run measures steady load rather than a
+thundering herd every S seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sqlalchemy import insert
+
+from engine import lifecycle
+from engine.config import BotConfig
+from engine.coordination import Mirror
+from engine.models import Bot, BotStatus, utcnow
+from engine.runtime import Runtime
+
+# The simulator's USDT markets: bots spread over them round-robin.
+SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT")
+BULK_BATCH = 500
+
+
+def bot_config(name: str, interval_s: float, symbol: str, *, dca_every: int = 10,
+               live: bool = False, quote_amount: float = 20.0) -> BotConfig:
+    """A DCA bot on the simulator: paper by default, live on the simulator's account."""
+    return BotConfig.model_validate({
+        "name": name,
+        "exchange": "simulator",
+        "mode": "live" if live else "paper",
+        "symbol": symbol,
+        "check_interval": interval_s,
+        "strategy": {"name": "dca", "params": {"quote_amount": quote_amount,
+                                                "every": dca_every}},
+        "paper": {"balances": {"USDT": 1_000_000_000.0}},
+    })
+
+
+def fleet(prefix: str, n: int, interval_s: float, *, dca_every: int = 10,
+          live_every: int = 0) -> list[BotConfig]:
+    """`n` bots named `<prefix>-00000...`; every `live_every`-th one is live (0: none)."""
+    return [
+        bot_config(f"{prefix}-{i:05d}", interval_s, SYMBOLS[i % len(SYMBOLS)],
+                   dca_every=dca_every, live=bool(live_every) and i % live_every == 0)
+        for i in range(n)
+    ]
+
+
+@dataclass
+class StartReport:
+    """How starting a fleet went."""
+
+    mode: str
+    bots: int
+    seconds: float  # from the first start call to the last one returning
+    errors: int
+    max_lag_s: float  # how far behind its planned phase the slowest start was
+
+    @property
+    def per_second(self) -> float:
+        """Starts completed per second."""
+        return self.bots / self.seconds if self.seconds > 0 else 0.0
+
+
+def start_paced(rt: Runtime, configs: Sequence[BotConfig], spread_s: float, threads: int,
+                start: Callable[[Runtime, BotConfig], object] = lifecycle.start) -> StartReport:
+    """Call `lifecycle.start` for each bot at its phase (i * spread / n) from a pool.
+
+    A start that cannot keep its phase runs as soon as a thread is free; the lag is
+    reported, since it bunches the schedule up.
+    """
+    t0 = time.time()
+    step = spread_s / max(len(configs), 1)
+    lags: list[float] = []
+    errors = 0
+
+    def timed(config: BotConfig, planned: float) -> None:
+        lags.append(time.time() - planned)
+        start(rt, config)
+
+    futures: list[Future[None]] = []
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bench-start") as pool:
+        for i, config in enumerate(configs):
+            planned = t0 + i * step
+            delay = planned - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            futures.append(pool.submit(timed, config, planned))
+        for future in futures:
+            if future.exception() is not None:
+                errors += 1
+    return StartReport("lifecycle", len(configs), time.time() - t0, errors,
+                       round(max(lags, default=0.0), 3))
+
+
+def start_bulk(rt: Runtime, configs: Sequence[BotConfig], spread_s: float,
+               lead_s: float = 2.0) -> StartReport:
+    """Write running bot rows and mirrors in batches and enqueue each slot 0.
+
+    The same end state `lifecycle.start` leaves (generation 1, running, origin, mirror,
+    one slot-0 message), minus its per-bot round trips; origins are set ahead
+    (`lead_s` plus the bot's phase), so no bot starts late because of the batch.
+    """
+    t0 = time.time()
+    base = t0 + lead_s
+    step = spread_s / max(len(configs), 1)
+    for lo in range(0, len(configs), BULK_BATCH):
+        batch = configs[lo:lo + BULK_BATCH]
+        now = utcnow()
+        rows = [{
+            "name": c.name, "config": c.model_dump(mode="json"), "config_hash": c.config_hash(),
+            "source": "benchmark", "status": BotStatus.RUNNING.value, "generation": 1,
+            "interval_s": c.check_interval, "origin": base + (lo + j) * step, "next_slot": 0,
+            "created_at": now, "updated_at": now,
+        } for j, c in enumerate(batch)]
+        with rt.db.begin() as conn:
+            conn.execute(insert(Bot), rows)
+        for row in rows:
+            origin = float(row["origin"])  # type: ignore[arg-type]
+            mirror = Mirror("running", 1, origin, float(row["interval_s"]), 0)  # type: ignore[arg-type]
+            if rt.coordinator.publish(mirror, str(row["name"]), origin, parked=False):
+                rt.enqueue(str(row["name"]), 1, 0, origin)
+    return StartReport("bulk", len(configs), time.time() - t0, 0, 0.0)
+
+
+def stop_all(rt: Runtime, names: Sequence[str], threads: int) -> tuple[float, int]:
+    """`lifecycle.stop` every bot from a pool; (seconds taken, errors)."""
+    t0 = time.time()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bench-stop") as pool:
+        futures = [pool.submit(lifecycle.stop, rt, name) for name in names]
+        errors = sum(1 for f in futures if f.exception() is not None)
+    return time.time() - t0, errors

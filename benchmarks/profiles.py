@@ -1,0 +1,106 @@
+"""Named run sizes: what `--profile NAME` means, for benchmarks and chaos runs.
+
+A profile fixes every knob a result depends on, so two results of one profile compare.
+Command-line flags override single fields; the JSON result records the final values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How the Celery workers run: the same for the engine and its baseline."""
+
+    workers: int = 2  # one process per core on the 2-core reference machine
+    pool: str = "threads"
+    concurrency: int = 8
+
+
+@dataclass(frozen=True)
+class BenchProfile:
+    """One benchmark size: N bots at interval S for D seconds, plus a saturation phase."""
+
+    name: str
+    bots: int
+    interval_s: float
+    duration_s: float
+    latency_ms: float = 0.0
+    worker: WorkerSpec = field(default_factory=WorkerSpec)
+    # The strategy each bot runs: DCA buying every `dca_every` ticks (paper fills).
+    dca_every: int = 10
+    # Saturation: this many bots at a 1 s interval for this long, engine and baseline
+    # alike; ticks/s over the steady part is the throughput the two are compared on.
+    saturation_bots: int = 1000
+    saturation_s: float = 30.0
+    # How bots are started: "lifecycle" (engine.lifecycle.start, paced over the first
+    # interval from a thread pool) or "bulk" (rows and mirrors written in batches).
+    start_mode: str = "lifecycle"
+    start_threads: int = 8
+    log_level: str = "INFO"
+
+    def with_overrides(self, **changes: Any) -> BenchProfile:
+        """A copy with the non-None fields of `changes` replaced (worker fields too)."""
+        worker_fields = {f.name for f in fields(WorkerSpec)}
+        worker = replace(
+            self.worker, **{k: v for k, v in changes.items() if k in worker_fields and v is not None}
+        )
+        rest = {k: v for k, v in changes.items() if k not in worker_fields and v is not None}
+        return replace(self, worker=worker, **rest)
+
+
+BENCH_PROFILES: dict[str, BenchProfile] = {
+    # CI: small enough for a shared runner, big enough to show lateness and overhead.
+    "small": BenchProfile("small", bots=200, interval_s=2.0, duration_s=60.0,
+                          saturation_bots=1000, saturation_s=25.0),
+    # The issue's targets: p99 lateness <= 250 ms / 500 ms, RSS <= 500 MB / 1 GB.
+    "10k": BenchProfile("10k", bots=10_000, interval_s=60.0, duration_s=300.0, latency_ms=50.0,
+                        saturation_bots=2000, saturation_s=40.0),
+    "20k": BenchProfile("20k", bots=20_000, interval_s=60.0, duration_s=300.0, latency_ms=50.0,
+                        saturation_bots=2000, saturation_s=40.0),
+    # For tests/test_benchmarks.py: a minute of wall time end to end.
+    "tiny": BenchProfile("tiny", bots=20, interval_s=1.0, duration_s=15.0,
+                         saturation_bots=100, saturation_s=8.0),
+}
+
+
+@dataclass(frozen=True)
+class ChaosProfile:
+    """One fault run: N bots at a short interval, with kills, a Redis restart and faults."""
+
+    name: str
+    bots: int
+    interval_s: float
+    duration_s: float
+    kills: int
+    redis_restarts: int
+    live_fraction: float = 0.5  # the rest are paper bots
+    seed: int = 7
+    recovery_bound_s: float = 30.0
+    worker: WorkerSpec = field(default_factory=lambda: WorkerSpec(workers=2, concurrency=8))
+    # Exchange faults, as rates per matching request (see engine/exchange/simulator/faults.py).
+    order_timeout_rate: float = 0.03
+    order_response_lost_rate: float = 0.05
+    read_429_rate: float = 0.02
+    read_5xx_rate: float = 0.02
+
+    def with_overrides(self, **changes: Any) -> ChaosProfile:
+        """A copy with the non-None fields of `changes` replaced (worker fields too)."""
+        worker_fields = {f.name for f in fields(WorkerSpec)}
+        worker = replace(
+            self.worker, **{k: v for k, v in changes.items() if k in worker_fields and v is not None}
+        )
+        rest = {k: v for k, v in changes.items() if k not in worker_fields and v is not None}
+        return replace(self, worker=worker, **rest)
+
+
+CHAOS_PROFILES: dict[str, ChaosProfile] = {
+    "small": ChaosProfile("small", bots=30, interval_s=1.0, duration_s=90.0, kills=2,
+                          redis_restarts=1),
+    "tiny": ChaosProfile("tiny", bots=10, interval_s=1.0, duration_s=40.0, kills=1,
+                         redis_restarts=1),
+    "medium": ChaosProfile("medium", bots=300, interval_s=2.0, duration_s=180.0, kills=4,
+                           redis_restarts=2),
+}

@@ -1,0 +1,261 @@
+"""Prometheus metrics that add up across every worker process on every machine.
+
+Workers do not serve metrics themselves (a scrape would see one process of many, and
+prefork children come and go). Instead each event is recorded into a few Redis hashes
+— one pipeline per tick, a handful of HINCRBY/HINCRBYFLOAT — and the API's `/metrics`
+renders those hashes with a custom collector at scrape time. Gauges that the database
+already knows (bots by status, orders by status) are read from it at scrape time too.
+
+Counters in Redis only grow; a Redis restart without persistence resets them, which
+Prometheus treats as an ordinary counter reset.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import redis as redis_lib
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func
+from sqlmodel import Session, col, select
+
+from engine.logging import get_logger
+from engine.models import Bot, BotStatus, Order
+
+log = get_logger("engine.metrics")
+
+PREFIX = "metrics:"
+TICKS = f"{PREFIX}ticks"  # outcome -> count
+LATENESS = f"{PREFIX}tick_lateness"  # histogram hash (see _observe)
+DURATION = f"{PREFIX}tick_duration"
+EXCHANGE_REQUESTS = f"{PREFIX}exchange_requests"  # "exchange|outcome" -> count
+RATE_LIMIT = f"{PREFIX}rate_limit_waits"  # "count|exchange", "sum|exchange"
+RECONCILER = f"{PREFIX}reconciler"  # kind -> count
+RECONCILE_KINDS = ("restored", "requeued", "advanced", "dispatched")
+
+BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Upper bounds in seconds (plus +Inf): tick lateness and duration range 10 ms to a minute."""
+_SEP = "|"
+
+Pipeline = Any
+"""A redis-py pipeline (typed loosely: redis-py's generics differ between versions)."""
+
+
+def _bucket_field(value: float) -> str:
+    """The field of the one bucket `value` falls in; cumulated at render time."""
+    for bound in BUCKETS:
+        if value <= bound:
+            return f"le:{bound:g}"
+    return "le:+Inf"
+
+
+def _observe(pipe: Pipeline, key: str, value: float) -> None:
+    value = max(0.0, value)  # a tick started a hair before its due time is on time
+    pipe.hincrby(key, _bucket_field(value), 1)
+    pipe.hincrby(key, "count", 1)
+    pipe.hincrbyfloat(key, "sum", value)
+
+
+def _run(redis: redis_lib.Redis, pipe: Pipeline | None, fill: Any) -> None:
+    """Add commands to `pipe` (the caller executes it), or send them in a pipeline now.
+
+    Metrics never break what they measure: a Redis failure is logged and dropped.
+    """
+    if pipe is not None:
+        fill(pipe)
+        return
+    own = redis.pipeline(transaction=False)
+    fill(own)
+    try:
+        own.execute()
+    except redis_lib.RedisError as exc:
+        log.warning("metrics.dropped", error=str(exc))
+
+
+def record_tick(
+    redis: redis_lib.Redis,
+    outcome: str,
+    lateness_s: float,
+    duration_s: float,
+    pipe: Pipeline | None = None,
+) -> None:
+    """Count one tick by outcome and observe its lateness and duration (seconds)."""
+
+    def fill(p: Pipeline) -> None:
+        p.hincrby(TICKS, outcome, 1)
+        _observe(p, LATENESS, lateness_s)
+        _observe(p, DURATION, duration_s)
+
+    _run(redis, pipe, fill)
+
+
+def record_reconcile(redis: redis_lib.Redis, report: dict[str, int]) -> None:
+    """Count what one reconciler pass did (restored/requeued/advanced/dispatched)."""
+    actions = {kind: n for kind, n in report.items() if n}
+
+    def fill(p: Pipeline) -> None:
+        for kind, n in actions.items():
+            p.hincrby(RECONCILER, kind, n)
+
+    if actions:
+        _run(redis, None, fill)
+
+
+def record_exchange_request(redis: redis_lib.Redis, exchange: str, outcome: str) -> None:
+    """Count one request to an exchange by outcome (ok, temporary, rejected, ...)."""
+    _run(redis, None, lambda p: p.hincrby(EXCHANGE_REQUESTS, f"{exchange}{_SEP}{outcome}", 1))
+
+
+def record_rate_limit_wait(redis: redis_lib.Redis, exchange: str, seconds: float) -> None:
+    """Count one wait for the shared rate-limit budget and add up its seconds."""
+
+    def fill(p: Pipeline) -> None:
+        p.hincrby(RATE_LIMIT, f"count{_SEP}{exchange}", 1)
+        p.hincrbyfloat(RATE_LIMIT, f"sum{_SEP}{exchange}", max(0.0, seconds))
+
+    _run(redis, None, fill)
+
+
+def _num(raw: bytes) -> float:
+    return float(raw.decode())
+
+
+def _histogram(name: str, doc: str, raw: dict[bytes, bytes]) -> HistogramMetricFamily:
+    fields = {k.decode(): _num(v) for k, v in raw.items()}
+    running = 0.0
+    buckets: list[tuple[str, float]] = []
+    for bound in (*BUCKETS, math.inf):
+        label = "+Inf" if bound == math.inf else f"{bound:g}"
+        running += fields.get(f"le:{label}", 0.0)
+        buckets.append((label, running))
+    # `count` is bumped in the same pipeline as the bucket, so +Inf equals it; take the
+    # bucket sum anyway so the exposition is self-consistent even mid-pipeline.
+    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=fields.get("sum", 0.0))
+
+
+class EngineCollector(Collector):
+    """Renders the Redis-held counters and the database gauges at scrape time."""
+
+    def __init__(self, redis: redis_lib.Redis, db: Engine) -> None:
+        self.redis = redis
+        self.db = db
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every engine metric (a failing store is reported, not raised)."""
+        yield from self._from_redis()
+        yield from self._from_db()
+
+    def _from_redis(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "botengine_metrics_redis_up", "1 when the Redis holding worker metrics answered"
+        )
+        keys = (TICKS, LATENESS, DURATION, EXCHANGE_REQUESTS, RATE_LIMIT, RECONCILER)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
+            ticks, lateness, duration, requests, waits, reconciler = pipe.execute()
+        except redis_lib.RedisError as exc:
+            log.warning("metrics.redis_unavailable", error=str(exc))
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        counter = CounterMetricFamily(
+            "botengine_ticks", "Ticks run, by outcome", labels=["outcome"]
+        )
+        for outcome, n in sorted(ticks.items()):
+            counter.add_metric([outcome.decode()], _num(n))
+        yield counter
+        yield _histogram(
+            "botengine_tick_lateness_seconds", "Start of a tick after its due time", lateness
+        )
+        yield _histogram("botengine_tick_duration_seconds", "Run time of a tick", duration)
+        counter = CounterMetricFamily(
+            "botengine_exchange_requests",
+            "Requests to exchanges, by outcome",
+            labels=["exchange", "outcome"],
+        )
+        for field, n in sorted(requests.items()):
+            exchange, _, outcome = field.decode().partition(_SEP)
+            counter.add_metric([exchange, outcome], _num(n))
+        yield counter
+        yield from _rate_limit(waits)
+        counter = CounterMetricFamily(
+            "botengine_reconciler_actions",
+            "Chains the reconciler brought back, by kind",
+            labels=["kind"],
+        )
+        for kind in RECONCILE_KINDS:
+            counter.add_metric([kind], _num(reconciler.get(kind.encode(), b"0")))
+        yield counter
+
+    def _from_db(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("botengine_metrics_db_up", "1 when the database answered")
+        try:
+            with Session(self.db) as session:
+                bots = dict(
+                    session.exec(select(Bot.status, func.count()).group_by(Bot.status)).all()
+                )
+                orders = dict(
+                    session.exec(
+                        select(Order.status, func.count()).group_by(col(Order.status))
+                    ).all()
+                )
+        except Exception as exc:  # noqa: BLE001 - any DB failure: report it, render the rest
+            log.warning("metrics.db_unavailable", error=str(exc))
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        running = GaugeMetricFamily("botengine_running_bots", "Bots whose status is running")
+        running.add_metric([], bots.get(BotStatus.RUNNING.value, 0))
+        yield running
+        by_status = GaugeMetricFamily("botengine_bots", "Bots by status", labels=["status"])
+        for status in BotStatus:
+            by_status.add_metric([status.value], bots.get(status.value, 0))
+        yield by_status
+        gauge = GaugeMetricFamily("botengine_orders", "Orders by status", labels=["status"])
+        for order_status, n in sorted(orders.items()):
+            gauge.add_metric([str(order_status)], n)
+        yield gauge
+
+
+def _rate_limit(raw: dict[bytes, bytes]) -> Sequence[Metric]:
+    count = CounterMetricFamily(
+        "botengine_rate_limit_waits",
+        "Waits for the shared rate-limit budget",
+        labels=["exchange"],
+    )
+    total = CounterMetricFamily(
+        "botengine_rate_limit_wait_seconds",
+        "Seconds spent waiting for the shared rate-limit budget",
+        labels=["exchange"],
+    )
+    for field, value in sorted(raw.items()):
+        kind, _, exchange = field.decode().partition(_SEP)
+        (count if kind == "count" else total).add_metric([exchange], _num(value))
+    return [count, total]
+
+
+def render(redis: redis_lib.Redis, db: Engine, *, process: bool = True) -> bytes:
+    """The Prometheus text exposition: engine metrics plus this process's own."""
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(redis, db))
+    if process:
+        from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(collector)
+    return generate_latest(registry)
