@@ -284,6 +284,55 @@ def run(file: Annotated[Path, typer.Argument(help="Bot YAML file")]) -> None:
 
 
 @app.command()
+def backtest(
+    file: Annotated[Path, typer.Argument(help="Bot YAML file")],
+    data: Annotated[Path, typer.Option(help="Candles CSV: timestamp,open,high,low,close,volume")],
+    start: Annotated[
+        str | None, typer.Option("--from", help="First candle (ISO or epoch ms)")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--to", help="End, exclusive (ISO or epoch ms)")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Report folder")] = Path("backtest-out"),
+) -> None:
+    """Run the bot's strategy over historical candles with the paper fill model."""
+    import dataclasses
+
+    from rich.progress import Progress
+
+    from engine.backtest import CandleFileError, load_candles_csv, run_backtest, write_report
+    from engine.config import load_bot_config
+    from engine.exchange.fills import FillModel
+    from strategies.registry import build
+
+    try:
+        config = load_bot_config(file)
+        candles = load_candles_csv(data, start, end)
+    except (BotConfigError, CandleFileError) as exc:
+        raise _fail(str(exc)) from None
+    if not candles:
+        raise _fail(f"{data}: no candles in the chosen range")
+    strategy = build(config.strategy.name, config.strategy.params)
+    with Progress(console=err, transient=True) as progress:
+        task = progress.add_task("backtest", total=len(candles))
+        result = run_backtest(
+            strategy,
+            candles,
+            symbol=config.symbol,
+            balances=dict(config.paper.balances),
+            fill_model=FillModel(fee_rate=config.paper.fee_rate, slippage=config.paper.slippage),
+            risk=config.risk,
+            progress=lambda done, total: progress.update(task, completed=done),
+        )
+    metrics = write_report(result, out_dir)
+    table = Table("metric", "value", title=f"{config.name} on {len(candles)} candles")
+    for key, value in sorted(dataclasses.asdict(metrics).items()):
+        table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
+    out.print(table)
+    out.print(f"wrote {out_dir}/summary.json, trades.csv, equity.png")
+
+
+@app.command()
 def simulator(
     host: str = "127.0.0.1",
     port: int = 8765,

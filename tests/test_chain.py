@@ -7,8 +7,11 @@ resume and survive crashes — not speed; speed lives in `make bench`.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import threading
 import time
+from pathlib import Path
 from collections import Counter
 from typing import Any
 
@@ -18,9 +21,9 @@ import redis
 from engine import lifecycle
 from engine.lifecycle import Change
 from engine.models import BotStatus
-from tests.chain_support import Engine, bot_config, engine  # noqa: F401 - fixture
+from tests.chain_support import Engine, bot_config, bot_yaml, engine  # noqa: F401 - fixture
 from tests.conftest import OWNER_KEY
-from tests.support import wait_for
+from tests.support import ROOT, bin_path, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -73,8 +76,10 @@ def test_double_start_sequential_and_concurrent_yields_one_chain(engine: Engine)
     # When it is started again with the same config, sequentially and 8 times at once
     again = lifecycle.start(engine.rt, config)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(lifecycle.start(engine.rt, config)))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: results.append(lifecycle.start(engine.rt, config)))
+        for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -94,8 +99,10 @@ def test_concurrent_first_starts_of_a_new_bot_yield_one_chain(engine: Engine) ->
     engine.procs.worker("w1")
     config = bot_config("racer", interval="1s")
     results = []
-    threads = [threading.Thread(target=lambda: results.append(lifecycle.start(engine.rt, config)))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: results.append(lifecycle.start(engine.rt, config)))
+        for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -157,11 +164,13 @@ def test_sigkilled_worker_is_replaced_and_every_bot_resumes(engine: Engine) -> N
     engine.procs.kill("w1")
     killed_at = time.time()
     engine.procs.worker("w2")
+
     # Then every bot ticks again within 30 s (heartbeat expiry + reconcile + grace)
     def resumed() -> bool:
         return all(
             any(t.started_at.timestamp() > killed_at + 0.5 for t in engine.ticks(n)) for n in names
         )
+
     assert wait_for(resumed, 30), "some bots did not resume within 30 s"
     resumed_after = time.time() - killed_at
     time.sleep(3)
@@ -186,11 +195,13 @@ def test_redis_flushed_every_running_bot_resumes(engine: Engine) -> None:
     if owner is not None:
         client.set(OWNER_KEY, owner)
     flushed_at = time.time()
+
     # Then every running bot ticks again within 20 s
     def resumed() -> bool:
         return all(
             any(t.started_at.timestamp() > flushed_at + 0.5 for t in engine.ticks(n)) for n in names
         )
+
     assert wait_for(resumed, 20)
     for name in names:
         lifecycle.stop(engine.rt, name)
@@ -200,8 +211,9 @@ def test_redis_flushed_every_running_bot_resumes(engine: Engine) -> None:
 def test_raising_strategy_keeps_the_chain_then_errors_after_n_failures(engine: Engine) -> None:
     engine.procs.worker("w1")
     # Given a bot whose strategy raises on every tick (MAX_CONSECUTIVE_FAILURES=3)
-    lifecycle.start(engine.rt, bot_config("raiser", strategy="tests.custom_strategies:Raising",
-                                          params=""))
+    lifecycle.start(
+        engine.rt, bot_config("raiser", strategy="tests.custom_strategies:Raising", params="")
+    )
     # When it ticks, then failures are recorded tick after tick, and the third stops it
     assert wait_for(lambda: engine.bot("raiser").status == BotStatus.ERROR, 20)
     bot = engine.bot("raiser")
@@ -216,10 +228,51 @@ def test_raising_strategy_keeps_the_chain_then_errors_after_n_failures(engine: E
 
 def test_flaky_strategy_failures_do_not_break_the_chain(engine: Engine) -> None:
     engine.procs.worker("w1")
-    lifecycle.start(engine.rt, bot_config("flaky", strategy="tests.custom_strategies:EveryOtherFails",
-                                          params=""))
+    lifecycle.start(
+        engine.rt,
+        bot_config("flaky", strategy="tests.custom_strategies:EveryOtherFails", params=""),
+    )
     assert wait_for(lambda: len(engine.ticks("flaky")) >= 6, 20)
     lifecycle.stop(engine.rt, "flaky")
     outcomes = [t.outcome for t in engine.ticks("flaky")]
     assert "failed" in outcomes and "ok" in outcomes
     assert engine.bot("flaky").status == BotStatus.STOPPED
+
+
+def test_custom_strategy_runs_on_paper_and_in_backtest_unchanged(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # Given a strategy class in a user's module, named by dotted path
+    spec = "tests.custom_strategy_example:BuyEveryTick"
+    engine.procs.worker("w1")
+    # When it runs as a paper bot through a real worker
+    lifecycle.start(engine.rt, bot_config("custom", strategy=spec, params="quote_amount: 15"))
+    assert wait_for(lambda: engine.bot("custom").orders_sent >= 2, 20)
+    lifecycle.stop(engine.rt, "custom")
+    filled = [o for o in engine.orders("custom") if o.status == "closed"]
+    assert filled and all(o.side == "buy" for o in filled)
+    # And through `botengine backtest` over the sample candles
+    config = tmp_path / "custom.yaml"
+    config.write_text(bot_yaml("custom", strategy=spec, params="quote_amount: 15"))
+    result = subprocess.run(
+        [
+            bin_path("botengine"),
+            "backtest",
+            str(config),
+            "--data",
+            str(ROOT / "data" / "sample_btc_usdt_1h.csv"),
+            "--to",
+            "2024-01-03",
+            "--out",
+            str(tmp_path / "bt"),
+        ],
+        env=engine.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # Then both ran the same class: the backtest bought on every candle too
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "bt" / "summary.json").read_text())
+    assert summary["metrics"]["trades"] > 10
+    assert (tmp_path / "bt" / "equity.png").stat().st_size > 1000
