@@ -175,5 +175,5 @@ def slot_figures(rows: Sequence[TickRow], counts: Counter[tuple[str, int, int]],
 
 def throughput(rows: Sequence[TickRow], t0: float, t1: float) -> float:
     """Ticks started per second within [t0, t1]: capacity, when demand exceeds it."""
-    n = sum(1 for r in rows if t0 <= r.started <= t1)
+    n = sum(1 for r in rows if t0 <= r.started <= t1 and r.outcome != "skipped")
     return round(n / (t1 - t0), 1) if t1 > t0 else math.nan

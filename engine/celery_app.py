@@ -70,17 +70,17 @@ app.conf.update(
         },
         "price-snapshot": {
             "task": "engine.price_snapshot",
-            "schedule": crontab(minute="0"),
+            "schedule": settings.snapshot_every_s or crontab(minute="0"),
             "options": {"expires": 1800},
         },
         "cleanup": {
             "task": "engine.cleanup",
-            "schedule": crontab(minute="0", hour="2"),
+            "schedule": settings.cleanup_every_s or crontab(minute="0", hour="2"),
             "options": {"expires": 3600},
         },
         "cache-cleanup": {
             "task": "engine.cache_cleanup",
-            "schedule": crontab(minute="15", hour="*/6"),
+            "schedule": settings.cache_cleanup_every_s or crontab(minute="15", hour="*/6"),
             "options": {"expires": 3600},
         },
     },

@@ -13,7 +13,7 @@ Prometheus treats as an ordinary counter reset.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import redis as redis_lib
@@ -65,13 +65,18 @@ def _observe(pipe: Pipeline, key: str, value: float) -> None:
     pipe.hincrbyfloat(key, "sum", value)
 
 
-def _run(redis: redis_lib.Redis, pipe: Pipeline | None, fill: Any) -> None:
+def _run(
+    redis: redis_lib.Redis | None, pipe: Pipeline | None, fill: Callable[[Pipeline], None]
+) -> None:
     """Add commands to `pipe` (the caller executes it), or send them in a pipeline now.
 
-    Metrics never break what they measure: a Redis failure is logged and dropped.
+    Metrics never break what they measure: a Redis failure is logged and dropped. No
+    Redis (`botengine run`, in-process) means nothing to record into.
     """
     if pipe is not None:
         fill(pipe)
+        return
+    if redis is None:
         return
     own = redis.pipeline(transaction=False)
     fill(own)
@@ -82,7 +87,7 @@ def _run(redis: redis_lib.Redis, pipe: Pipeline | None, fill: Any) -> None:
 
 
 def record_tick(
-    redis: redis_lib.Redis,
+    redis: redis_lib.Redis | None,
     outcome: str,
     lateness_s: float,
     duration_s: float,
@@ -98,7 +103,7 @@ def record_tick(
     _run(redis, pipe, fill)
 
 
-def record_reconcile(redis: redis_lib.Redis, report: dict[str, int]) -> None:
+def record_reconcile(redis: redis_lib.Redis | None, report: dict[str, int]) -> None:
     """Count what one reconciler pass did (restored/requeued/advanced/dispatched)."""
     actions = {kind: n for kind, n in report.items() if n}
 
@@ -110,12 +115,12 @@ def record_reconcile(redis: redis_lib.Redis, report: dict[str, int]) -> None:
         _run(redis, None, fill)
 
 
-def record_exchange_request(redis: redis_lib.Redis, exchange: str, outcome: str) -> None:
+def record_exchange_request(redis: redis_lib.Redis | None, exchange: str, outcome: str) -> None:
     """Count one request to an exchange by outcome (ok, temporary, rejected, ...)."""
     _run(redis, None, lambda p: p.hincrby(EXCHANGE_REQUESTS, f"{exchange}{_SEP}{outcome}", 1))
 
 
-def record_rate_limit_wait(redis: redis_lib.Redis, exchange: str, seconds: float) -> None:
+def record_rate_limit_wait(redis: redis_lib.Redis | None, exchange: str, seconds: float) -> None:
     """Count one wait for the shared rate-limit budget and add up its seconds."""
 
     def fill(p: Pipeline) -> None:

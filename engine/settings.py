@@ -50,8 +50,12 @@ class Settings(BaseSettings):
     eta_horizon_s: int = Field(300, ge=10)
     visibility_timeout_s: int = Field(3600, ge=60)
     stop_drain_timeout_s: float = Field(30.0, ge=0)
-    # Maintenance.
+    # Maintenance. The *_every_s overrides replace the calendar schedules (hourly
+    # snapshot, daily cleanup at 02:00, cache clean-up every 6 h) with plain intervals.
     retention_days: int = Field(30, ge=1)
+    snapshot_every_s: float | None = Field(None, gt=0)
+    cleanup_every_s: float | None = Field(None, gt=0)
+    cache_cleanup_every_s: float | None = Field(None, gt=0)
     webhook_url: str | None = None
 
     @field_validator("log_level", mode="before")

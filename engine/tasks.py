@@ -39,3 +39,37 @@ def reconcile() -> dict[str, int]:
 def _on_worker_start(**_: Any) -> None:
     """Start this process's heartbeat, so the reconciler can tell it is alive."""
     start_heartbeat(get_runtime())
+
+
+@app.task(name="engine.price_check")
+def price_check(
+    symbol: str | None = None, exchange: str | None = None, bot: str | None = None
+) -> list[dict[str, Any]]:
+    """Current prices of one symbol, one bot's symbol, or every tracked symbol."""
+    from engine import maintenance  # lazy: imports the exchange layer
+
+    return maintenance.price_check(get_runtime(), symbol=symbol, exchange=exchange, bot=bot)
+
+
+@app.task(name="engine.price_snapshot", ignore_result=True)
+def price_snapshot() -> int:
+    """Store the price of every tracked symbol (beat, hourly)."""
+    from engine import maintenance
+
+    return maintenance.price_snapshot(get_runtime())
+
+
+@app.task(name="engine.cleanup", ignore_result=True)
+def cleanup() -> dict[str, int]:
+    """Delete ticks and snapshots past the retention period (beat, daily at 02:00)."""
+    from engine import maintenance
+
+    return maintenance.cleanup(get_runtime())
+
+
+@app.task(name="engine.cache_cleanup", ignore_result=True)
+def cache_cleanup() -> dict[str, int]:
+    """Drop Redis state nothing will read again (beat, every 6 hours)."""
+    from engine import maintenance
+
+    return maintenance.cache_cleanup(get_runtime())

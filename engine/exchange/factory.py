@@ -13,6 +13,7 @@ cheap wrappers, fine to build per tick.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import redis as redis_lib
 from sqlalchemy import Engine
@@ -113,4 +114,28 @@ def gateway_for(
         db,
         balances=config.paper.balances,
         model=FillModel(fee_rate=config.paper.fee_rate, slippage=config.paper.slippage),
+    )
+
+
+def data_gateway(
+    exchange_id: str,
+    *,
+    redis: redis_lib.Redis | None,
+    settings: Settings,
+    base_url: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Gateway:
+    """Public market data of one exchange (no account), through the shared cache."""
+    if exchange_id == SIMULATOR:
+        base_url = base_url or settings.simulator_url
+    spec = ClientSpec(exchange_id=exchange_id, base_url=base_url, options=dict(options or {}))
+    if redis is None:
+        return CcxtGateway(client_for(spec))
+    exchange = CcxtGateway(client_for(spec), limiter=RateLimiter(redis, exchange_id))
+    return CachedGateway(
+        exchange,
+        MarketDataCache(redis),
+        source=f"{exchange_id}:{spec.origin}",
+        ticker_max_age_s=1.0,
+        ohlcv_max_age_s=10.0,
     )

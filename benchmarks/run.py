@@ -1,0 +1,128 @@
+"""`python -m benchmarks.run --profile small|10k|20k [...]`: scale, lateness, memory.
+
+One run measures the engine and its baseline (a bare Celery chain) on the same private
+Redis, the same machine and the same worker settings, one after the other, and writes
+`benchmarks/results/<run>.{json,md,png}`. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from benchmarks import phases, report
+from benchmarks.infra import open_stack
+from benchmarks.profiles import BENCH_PROFILES, BenchProfile
+from benchmarks.sampler import Sampler
+
+
+def parse_args(argv: list[str] | None) -> tuple[BenchProfile, argparse.Namespace]:
+    """The profile named by `--profile`, with any flags given applied over it."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--profile", default="small", choices=sorted(BENCH_PROFILES))
+    parser.add_argument("--workers", type=int, help="worker processes")
+    parser.add_argument("--pool", choices=["threads", "prefork", "gevent", "solo"])
+    parser.add_argument("--concurrency", type=int, help="pool size per worker process")
+    parser.add_argument("--bots", type=int)
+    parser.add_argument("--interval", type=float, dest="interval_s", help="seconds")
+    parser.add_argument("--duration", type=float, dest="duration_s", help="window, seconds")
+    parser.add_argument("--latency-ms", type=float, help="injected exchange latency")
+    parser.add_argument("--saturation-bots", type=int)
+    parser.add_argument("--saturation-s", type=float)
+    parser.add_argument("--start-mode", choices=["lifecycle", "bulk"])
+    parser.add_argument("--dca-every", type=int, help="DCA buys every N ticks")
+    parser.add_argument("--database-url", help="default: SQLite in the run's temp dir")
+    parser.add_argument("--skip-baseline", action="store_true", help="engine side only")
+    parser.add_argument("--keep", action="store_true", help="keep the run dir (logs, db)")
+    parser.add_argument("--out", help="results directory (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    overrides = {k: getattr(args, k) for k in (
+        "workers", "pool", "concurrency", "bots", "interval_s", "duration_s", "latency_ms",
+        "saturation_bots", "saturation_s", "start_mode", "dca_every")}
+    return BENCH_PROFILES[args.profile].with_overrides(**overrides), args
+
+
+def quiet_harness_logs() -> None:
+    """The harness calls lifecycle functions that log per bot; only warnings here."""
+    from engine.logging import configure_logging
+
+    configure_logging("WARNING", "json")
+    logging.getLogger("celery").setLevel(logging.WARNING)
+
+
+def run(profile: BenchProfile, args: argparse.Namespace) -> dict[str, Any]:
+    """Both sides, one after the other, on one stack; returns the result document."""
+    run_id = f"{profile.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    tag = secrets.token_hex(2)  # bot names unique per run, also in a reused database
+    started = time.time()
+    with open_stack(latency_ms=profile.latency_ms, database_url=args.database_url,
+                    log_level=profile.log_level, keep=args.keep) as stack:
+        quiet_harness_logs()
+        print(f"[bench] {run_id}: run dir {stack.workdir}", file=sys.stderr)
+        sampler = Sampler(stack.procs, stack.redis.url).start()
+        baseline: dict[str, Any] = {}
+        if not args.skip_baseline:
+            workers = phases.start_workers(stack, profile, "baseline")
+            _say("baseline main phase")
+            b_main, origins = phases.baseline_main(stack, profile, f"b{tag}")
+            _say("baseline saturation phase")
+            b_sat = phases.baseline_saturation(stack, profile, f"c{tag}")
+            stack.procs.stop([w.name for w in workers])
+            baseline = phases.baseline_figures(stack, sampler, profile, f"b{tag}", b_main,
+                                               origins, f"c{tag}", b_sat)
+            # Our private server: the engine side starts from an empty Redis.
+            redis.Redis.from_url(stack.redis.url).flushall()
+        workers = phases.start_workers(stack, profile, "engine")
+        beat = stack.procs.beat()
+        _say("engine main phase")
+        e_main = phases.engine_main(stack, profile, f"e{tag}")
+        _say("engine saturation phase")
+        e_sat = phases.engine_saturation(stack, profile, f"s{tag}")
+        stack.procs.stop([w.name for w in workers] + [beat.name])
+        engine = phases.engine_figures(stack, sampler, profile, f"e{tag}", e_main, f"s{tag}",
+                                       e_sat)
+        sampler.stop()
+    if not baseline:
+        baseline = _empty_like(engine)
+    meta = {"machine": report.machine(), "wall_s": round(time.time() - started, 1),
+            "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
+            "database": "sqlite (temp)" if not args.database_url else "given --database-url"}
+    result = report.build(run_id, profile, engine, baseline, meta)
+    result["_series"] = (engine.get("series", []), baseline.get("series", []))
+    return result
+
+
+def _empty_like(engine: dict[str, Any]) -> dict[str, Any]:
+    nan = float("nan")
+    return {**{k: None for k in engine}, "lateness_ms": dict.fromkeys(engine["lateness_ms"], nan),
+            "tick_duration_ms": dict.fromkeys(engine["tick_duration_ms"], nan),
+            "saturation": {"ticks_per_s": None, "duplicates": 0},
+            "window": {"start": {"seconds": None}}, "bots": 0, "interval_s": 0.0}
+
+
+def _say(message: str) -> None:
+    print(f"[bench] {datetime.now(UTC):%H:%M:%S} {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, write the results, print the table; 0 unless it crashed."""
+    profile, args = parse_args(argv)
+    result = run(profile, args)
+    engine_series, baseline_series = result.pop("_series")
+    outdir = report.RESULTS if args.out is None else Path(args.out)
+    paths = report.write(result, engine_series, baseline_series, outdir)
+    print(paths["md"].read_text())
+    print(f"results: {paths['json']}  {paths['md']}  {paths['png']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

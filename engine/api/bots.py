@@ -1,0 +1,213 @@
+"""`/api/v1/bots`: list, inspect, create or update, start/stop/pause/resume, tick history.
+
+Endpoints are plain `def`: FastAPI runs them in its thread pool, so database and Redis
+calls (and a stop that drains a running tick) never block the event loop.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Response
+from sqlalchemy import or_
+from sqlmodel import Session, col, select
+
+from engine import lifecycle
+from engine.api.configs import ConfigBody, apply_config, config_body, parse_api_config
+from engine.api.deps import RtDep
+from engine.config import BotConfig
+from engine.errors import BotNotFoundError
+from engine.lifecycle import Result
+from engine.models import Bot, Fill, PaperBalance, PriceSnapshot, Tick
+from engine.orders import open_orders, position_and_pnl
+from engine.runtime import Runtime
+from engine.views import balances_view, bot_summary, open_order_row, pnl_view, tick_row
+
+router = APIRouter(prefix="/bots", tags=["bots"])
+
+BOT_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+BotName = Annotated[str, Path(pattern=BOT_NAME, description="The bot's name")]
+LAST_TICKS = 10
+_CONFIG_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A bot config, as in bots/*.yaml (YAML or JSON)",
+        "content": {
+            "application/yaml": {"schema": {"type": "string"}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/BotConfig"}},
+        },
+    }
+}
+
+
+def _bot(session: Session, name: str) -> Bot:
+    bot = session.get(Bot, name)
+    if bot is None:
+        raise BotNotFoundError(f"no bot named {name!r}")
+    return bot
+
+
+@router.get("", summary="Every bot (the fields of `botengine status --json`)")
+def list_bots(rt: RtDep) -> list[dict[str, Any]]:
+    """Status, generation, schedule and counters of every bot, by name."""
+    with Session(rt.db) as session:
+        return [bot_summary(b) for b in session.exec(select(Bot).order_by(col(Bot.name)))]
+
+
+@router.get("/{name}", summary="One bot: status, ticks, open orders, balances, PnL")
+def get_bot(name: BotName, rt: RtDep) -> dict[str, Any]:
+    """The bot's status, stored config, last ticks, open orders, paper balances and PnL."""
+    with Session(rt.db) as session:
+        bot = _bot(session, name)
+        last = session.exec(
+            select(Tick)
+            .where(Tick.bot == name)
+            .order_by(col(Tick.generation).desc(), col(Tick.slot).desc())
+            .limit(LAST_TICKS)
+        ).all()
+        balances = list(session.exec(select(PaperBalance).where(PaperBalance.bot == name)))
+        mark, mark_source = _mark_price(session, bot)
+    pnl = position_and_pnl(rt.db, name, mark)
+    config = bot.config
+    return {
+        **bot_summary(bot),
+        "exchange": config.get("exchange"),
+        "symbol": config.get("symbol"),
+        "mode": config.get("mode", "paper"),
+        "source": bot.source,
+        "config": config,
+        "last_ticks": [tick_row(t) for t in last],
+        "open_orders": [open_order_row(o) for o in open_orders(rt.db, name)],
+        "balances": balances_view(balances),
+        "pnl": pnl_view(pnl, mark, mark_source),
+    }
+
+
+def _mark_price(session: Session, bot: Bot) -> tuple[float | None, str | None]:
+    """The price unrealized PnL is marked at: the newest hourly snapshot of the bot's
+    symbol, else its own last fill (no exchange request from the API)."""
+    exchange, symbol = bot.config.get("exchange"), bot.config.get("symbol")
+    snapshot = session.exec(
+        select(PriceSnapshot)
+        .where(PriceSnapshot.exchange == exchange, PriceSnapshot.symbol == symbol)
+        .order_by(col(PriceSnapshot.taken_at).desc())
+        .limit(1)
+    ).first()
+    if snapshot is not None:
+        return snapshot.last, "snapshot"
+    fill = session.exec(
+        select(Fill)
+        .where(Fill.bot == bot.name)
+        .order_by(col(Fill.filled_at).desc(), col(Fill.id).desc())
+        .limit(1)
+    ).first()
+    if fill is not None:
+        return fill.price, "last_fill"
+    return None, None
+
+
+@router.put(
+    "/{name}",
+    summary="Create or update a bot from a YAML or JSON config",
+    openapi_extra=_CONFIG_BODY,
+    responses={201: {"description": "Created (stopped; start it with POST .../start)"}},
+)
+def put_bot(
+    name: BotName,
+    rt: RtDep,
+    body: Annotated[ConfigBody, Depends(config_body)],
+    response: Response,
+) -> dict[str, Any]:
+    """Validate like `botengine validate` (errors name `api:{name}:line: field`); a
+    running bot takes the new config from its next slot, others just store it."""
+    config = parse_api_config(name, body)
+    applied = apply_config(rt, config, source=f"api:{name}")
+    if applied.change == "created":
+        response.status_code = 201
+    return {
+        "bot": applied.bot,
+        "change": applied.change,
+        "generation": applied.generation,
+        "status": applied.status,
+    }
+
+
+def _result(result: Result) -> dict[str, Any]:
+    return {
+        "bot": result.bot,
+        "change": result.change.value,
+        "generation": result.generation,
+        "status": result.status.value,
+        "drained": result.drained,
+    }
+
+
+def _stored_config(rt: Runtime, name: str) -> tuple[BotConfig, str | None]:
+    with Session(rt.db) as session:
+        bot = _bot(session, name)
+    return BotConfig.model_validate(bot.config), bot.source
+
+
+@router.post("/{name}/start", summary="Start a bot with its stored config")
+def start_bot(name: BotName, rt: RtDep) -> dict[str, Any]:
+    """Idempotent: starting a running bot changes nothing."""
+    config, source = _stored_config(rt, name)
+    return _result(lifecycle.start(rt, config, source=source))
+
+
+@router.post("/{name}/stop", summary="Stop a bot; no order is sent after this returns")
+def stop_bot(name: BotName, rt: RtDep) -> dict[str, Any]:
+    """Waits for a tick inside its run to finish (`drained` says whether it did)."""
+    return _result(lifecycle.stop(rt, name))
+
+
+@router.post("/{name}/pause", summary="Pause a bot")
+def pause_bot(name: BotName, rt: RtDep) -> dict[str, Any]:
+    """Like stop; `resume` restarts it with the same config."""
+    return _result(lifecycle.pause(rt, name))
+
+
+@router.post("/{name}/resume", summary="Resume a paused or errored bot")
+def resume_bot(name: BotName, rt: RtDep) -> dict[str, Any]:
+    """Restarts the chain from now with the stored config."""
+    return _result(lifecycle.resume(rt, name))
+
+
+@router.get("/{name}/ticks", summary="A bot's ticks, newest first, paged")
+def bot_ticks(
+    name: BotName,
+    rt: RtDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    before_slot: Annotated[int | None, Query(ge=0, description="Page cursor (a slot)")] = None,
+    generation: Annotated[
+        int | None, Query(ge=0, description="Generation of `before_slot` (default: current)")
+    ] = None,
+) -> dict[str, Any]:
+    """Ticks ordered by (generation, slot), newest first.
+
+    Slots count from 0 in every generation, so a cursor is a (generation, slot) pair:
+    the page holds ticks strictly before it. `next` is the cursor of the following
+    page (None on the last one); pass its fields back as query parameters.
+    """
+    with Session(rt.db) as session:
+        bot = _bot(session, name)
+        query = select(Tick).where(Tick.bot == name)
+        gen = bot.generation if generation is None else generation
+        if before_slot is not None:
+            query = query.where(
+                or_(
+                    col(Tick.generation) < gen,
+                    (col(Tick.generation) == gen) & (col(Tick.slot) < before_slot),
+                )
+            )
+        elif generation is not None:
+            query = query.where(col(Tick.generation) <= gen)
+        rows = session.exec(
+            query.order_by(col(Tick.generation).desc(), col(Tick.slot).desc()).limit(limit)
+        ).all()
+    last = rows[-1] if len(rows) == limit else None
+    return {
+        "bot": name,
+        "ticks": [tick_row(t) for t in rows],
+        "next": {"generation": last.generation, "before_slot": last.slot} if last else None,
+    }
