@@ -18,6 +18,8 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
+# The `engine` fixture (real workers, beat, a Runtime) for tests that run bots.
+pytest_plugins = ["tests.chain_support"]
 OWNER_KEY = "botengine:test-owner"
 _embedded = None
 

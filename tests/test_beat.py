@@ -11,7 +11,7 @@ from sqlmodel import Session, select
 from engine import lifecycle
 from engine.db import session_scope
 from engine.models import PriceSnapshot, Tick, TickOutcome, utcnow
-from tests.chain_support import Engine, bot_config, engine  # noqa: F401 - fixture
+from tests.chain_support import Engine, bot_config
 from tests.support import wait_for
 
 pytestmark = pytest.mark.slow

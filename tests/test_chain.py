@@ -11,8 +11,8 @@ import json
 import subprocess
 import threading
 import time
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ import redis
 from engine import lifecycle
 from engine.lifecycle import Change
 from engine.models import BotStatus
-from tests.chain_support import Engine, bot_config, bot_yaml, engine  # noqa: F401 - fixture
+from tests.chain_support import Engine, bot_config, bot_yaml
 from tests.conftest import OWNER_KEY
 from tests.support import ROOT, bin_path, wait_for
 
@@ -92,7 +92,8 @@ def test_double_start_sequential_and_concurrent_yields_one_chain(engine: Engine)
     lifecycle.stop(engine.rt, "twice")
     _assert_exactly_once(engine, ["w1"], ["twice"])
     slots = [t.slot for t in engine.ticks("twice")]
-    assert slots == sorted(set(slots)) and len(slots) >= 4
+    assert slots == sorted(set(slots))
+    assert len(slots) >= 4
 
 
 def test_concurrent_first_starts_of_a_new_bot_yield_one_chain(engine: Engine) -> None:
@@ -235,7 +236,8 @@ def test_flaky_strategy_failures_do_not_break_the_chain(engine: Engine) -> None:
     assert wait_for(lambda: len(engine.ticks("flaky")) >= 6, 20)
     lifecycle.stop(engine.rt, "flaky")
     outcomes = [t.outcome for t in engine.ticks("flaky")]
-    assert "failed" in outcomes and "ok" in outcomes
+    assert "failed" in outcomes
+    assert "ok" in outcomes
     assert engine.bot("flaky").status == BotStatus.STOPPED
 
 
@@ -250,7 +252,8 @@ def test_custom_strategy_runs_on_paper_and_in_backtest_unchanged(
     assert wait_for(lambda: engine.bot("custom").orders_sent >= 2, 20)
     lifecycle.stop(engine.rt, "custom")
     filled = [o for o in engine.orders("custom") if o.status == "closed"]
-    assert filled and all(o.side == "buy" for o in filled)
+    assert filled
+    assert all(o.side == "buy" for o in filled)
     # And through `botengine backtest` over the sample candles
     config = tmp_path / "custom.yaml"
     config.write_text(bot_yaml("custom", strategy=spec, params="quote_amount: 15"))

@@ -83,7 +83,8 @@ def test_ping_through_real_worker_logs_only_json_without_secrets(
     assert TOKEN not in text
     # And the task's own lines carry its id and name
     task_lines = [r for r in records if r.get("task_name") == "engine.ping"]
-    assert task_lines and all(r.get("task_id") for r in task_lines)
+    assert task_lines
+    assert all(r.get("task_id") for r in task_lines)
 
 
 def test_ping_without_broker_says_so_in_one_line(tmp_path: Path) -> None:
