@@ -27,8 +27,14 @@ FAST = {
 }
 
 
-def bot_yaml(name: str, interval: str = "1s", strategy: str = "dca",
-             params: str = "quote_amount: 20", symbol: str = "BTC/USDT", extra: str = "") -> str:
+def bot_yaml(
+    name: str,
+    interval: str = "1s",
+    strategy: str = "dca",
+    params: str = "quote_amount: 20",
+    symbol: str = "BTC/USDT",
+    extra: str = "",
+) -> str:
     """A paper bot on the simulator, as YAML."""
     return (
         f"name: {name}\nexchange: simulator\nsymbol: {symbol}\ncheck_interval: {interval}\n"
@@ -82,17 +88,30 @@ class Engine:
 def engine(redis_url: str, db_url: str, simulator: Any, tmp_path: Path) -> Iterator[Engine]:
     """Workers and beat are started by the test; everything is stopped afterwards."""
     simulator.reset()
-    env = python_env(REDIS_URL=redis_url, CELERY_BROKER_URL=redis_url,
-                     CELERY_RESULT_BACKEND=redis_url, DATABASE_URL=db_url,
-                     SIMULATOR_URL=simulator.url, **FAST)
-    settings = Settings(redis_url=redis_url, celery_broker_url=redis_url,
-                        celery_result_backend=redis_url, database_url=db_url,
-                        simulator_url=simulator.url,
-                        **{k.lower(): v for k, v in FAST.items()})  # type: ignore[arg-type]
+    env = python_env(
+        REDIS_URL=redis_url,
+        CELERY_BROKER_URL=redis_url,
+        CELERY_RESULT_BACKEND=redis_url,
+        DATABASE_URL=db_url,
+        SIMULATOR_URL=simulator.url,
+        **FAST,
+    )
+    settings = Settings(
+        redis_url=redis_url,
+        celery_broker_url=redis_url,
+        celery_result_backend=redis_url,
+        database_url=db_url,
+        simulator_url=simulator.url,
+        **{k.lower(): v for k, v in FAST.items()},
+    )  # type: ignore[arg-type]
     client = redis_client(redis_url)
-    rt = Runtime(settings=settings, redis=client, db=engine_for(db_url),
-                 coordinator=RedisCoordinator(client, claim_ttl(settings)),
-                 enqueue=celery_enqueue)
+    rt = Runtime(
+        settings=settings,
+        redis=client,
+        db=engine_for(db_url),
+        coordinator=RedisCoordinator(client, claim_ttl(settings)),
+        enqueue=celery_enqueue,
+    )
     procs = Processes(env, tmp_path)
     try:
         yield Engine(rt, procs, env)

@@ -66,14 +66,16 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         _embedded = EmbeddedRedis().start()
         url = _embedded.url
-    os.environ.update({
-        "REDIS_URL": url,
-        "CELERY_BROKER_URL": url,
-        "CELERY_RESULT_BACKEND": url,
-        "DATABASE_URL": os.environ.get("BOTENGINE_TEST_SQLITE", "sqlite:///:memory:"),
-        "LOG_LEVEL": "INFO",
-        "LOG_FORMAT": "json",
-    })
+    os.environ.update(
+        {
+            "REDIS_URL": url,
+            "CELERY_BROKER_URL": url,
+            "CELERY_RESULT_BACKEND": url,
+            "DATABASE_URL": os.environ.get("BOTENGINE_TEST_SQLITE", "sqlite:///:memory:"),
+            "LOG_LEVEL": "INFO",
+            "LOG_FORMAT": "json",
+        }
+    )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

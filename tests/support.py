@@ -37,20 +37,50 @@ class Processes:
 
     def worker(self, name: str = "w1", concurrency: int = 8, pool: str = "threads") -> None:
         """Start a Celery worker consuming ticks and maintenance."""
-        self._spawn(name, [bin_path("celery"), "-A", "engine.celery_app", "worker", "-l",
-                           "info", "-Q", "ticks,maintenance", "--pool", pool, "-c",
-                           str(concurrency), "-n", f"{name}@%h", "--without-gossip",
-                           "--without-mingle", "--without-heartbeat"])
+        self._spawn(
+            name,
+            [
+                bin_path("celery"),
+                "-A",
+                "engine.celery_app",
+                "worker",
+                "-l",
+                "info",
+                "-Q",
+                "ticks,maintenance",
+                "--pool",
+                pool,
+                "-c",
+                str(concurrency),
+                "-n",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+        )
 
     def beat(self) -> None:
         """Start celery beat (the reconciler's clock)."""
-        self._spawn("beat", [bin_path("celery"), "-A", "engine.celery_app", "beat", "-l",
-                             "info", "--schedule", str(self.logdir / "beat-schedule")])
+        self._spawn(
+            "beat",
+            [
+                bin_path("celery"),
+                "-A",
+                "engine.celery_app",
+                "beat",
+                "-l",
+                "info",
+                "--schedule",
+                str(self.logdir / "beat-schedule"),
+            ],
+        )
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = (self.logdir / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(args, env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT)
+        self.procs[name] = subprocess.Popen(
+            args, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
 
     def kill(self, name: str) -> None:
         """SIGKILL a process: no shutdown handlers, no acks, as a crash would."""

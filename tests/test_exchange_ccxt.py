@@ -29,7 +29,6 @@ from engine.exchange.retry import ReadRetry
 SYMBOL = "BTC/USDT"
 
 
-
 @pytest.fixture
 def sim(simulator: Any) -> Iterator[Any]:
     """The session simulator, reset, with no cached clients (so counts start at zero)."""

@@ -28,7 +28,6 @@ SYMBOL = "BTC/USDT"
 BINANCE_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 
 
-
 def no_fence() -> None:
     """A fence that never trips (the bot stays at its generation)."""
 

@@ -32,7 +32,6 @@ RULES = MarketRules(
 )
 
 
-
 class Market:
     """A data gateway whose price the test moves by hand."""
 

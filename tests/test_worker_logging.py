@@ -25,9 +25,25 @@ def private_redis() -> EmbeddedRedis:
 def _start_worker(env: dict[str, str], log: Path, level: str = "info") -> subprocess.Popen[bytes]:
     handle = log.open("wb")
     return subprocess.Popen(
-        [bin_path("celery"), "-A", "engine.celery_app", "worker", "-l", level,
-         "-Q", "ticks,maintenance", "--pool", "threads", "-c", "2", "-n", "test@%h"],
-        env=env, stdout=handle, stderr=subprocess.STDOUT,
+        [
+            bin_path("celery"),
+            "-A",
+            "engine.celery_app",
+            "worker",
+            "-l",
+            level,
+            "-Q",
+            "ticks,maintenance",
+            "--pool",
+            "threads",
+            "-c",
+            "2",
+            "-n",
+            "test@%h",
+        ],
+        env=env,
+        stdout=handle,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -45,8 +61,10 @@ def test_ping_through_real_worker_logs_only_json_without_secrets(
 ) -> None:
     # Given a worker whose broker URL carries a password and whose env holds an API token
     env = python_env(
-        CELERY_BROKER_URL=private_redis.url, CELERY_RESULT_BACKEND=private_redis.url,
-        REDIS_URL=private_redis.url, API_TOKEN=TOKEN,
+        CELERY_BROKER_URL=private_redis.url,
+        CELERY_RESULT_BACKEND=private_redis.url,
+        REDIS_URL=private_redis.url,
+        API_TOKEN=TOKEN,
         DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite'}",
     )
     log = tmp_path / "worker.log"
@@ -56,8 +74,13 @@ def test_ping_through_real_worker_logs_only_json_without_secrets(
         answer = None
         deadline = time.monotonic() + 60
         while answer is None and time.monotonic() < deadline:
-            result = subprocess.run([bin_path("botengine"), "ping", "--timeout", "5"], env=env,
-                                    capture_output=True, text=True, timeout=60)
+            result = subprocess.run(
+                [bin_path("botengine"), "ping", "--timeout", "5"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             if result.returncode == 0:
                 answer = json.loads(result.stdout)
         # Then the worker answers with its node name and time
@@ -91,8 +114,9 @@ def test_ping_without_broker_says_so_in_one_line(tmp_path: Path) -> None:
     # Given no Redis at the configured URL
     env = python_env(CELERY_BROKER_URL="redis://127.0.0.1:1/0", REDIS_URL="redis://127.0.0.1:1/0")
     # When ping is sent
-    result = subprocess.run([bin_path("botengine"), "ping"], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [bin_path("botengine"), "ping"], env=env, capture_output=True, text=True, timeout=60
+    )
     # Then it fails with one line naming the alternatives
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1
