@@ -81,7 +81,7 @@ def run(profile: BenchProfile, args: argparse.Namespace) -> dict[str, Any]:
             # Our private server: the engine side starts from an empty Redis.
             redis.Redis.from_url(stack.redis.url).flushall()
         workers = phases.start_workers(stack, profile, "engine")
-        beat = stack.procs.beat()
+        beat = stack.procs.beat(stack.workdir)
         _say("engine main phase")
         e_main = phases.engine_main(stack, profile, f"e{tag}")
         _say("engine saturation phase")

@@ -94,7 +94,6 @@ class Sampler:
             pass  # restarting (chaos): no reading this second
         if redis_pid is not None:
             roles.append(("redis", redis_pid))
-        roles.append(("harness", psutil.Process().pid))
         for role, pid in roles:
             try:
                 root = self._handle(pid)
@@ -110,6 +109,12 @@ class Sampler:
                     continue
                 rss[role] = rss.get(role, 0) + mem
                 self._cpu_by_pid[proc.pid] = (role, times.user + times.system)
+        # The harness alone: its children are the roles above.
+        harness = self._handle(psutil.Process().pid)
+        with harness.oneshot():
+            rss["harness"] = harness.memory_info().rss
+            times = harness.cpu_times()
+            self._cpu_by_pid[harness.pid] = ("harness", times.user + times.system)
         cpu: dict[str, float] = {}
         for role, seconds in self._cpu_by_pid.values():
             cpu[role] = cpu.get(role, 0.0) + seconds

@@ -204,8 +204,8 @@ def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
                 return BotStatus.STOPPED
             failures = row.consecutive_failures + 1 if failed else 0
             values: dict[str, Any] = {
-                "ticks_ok": Bot.ticks_ok + (rec.outcome is TickOutcome.OK),
-                "ticks_failed": Bot.ticks_failed + failed,
+                "ticks_ok": Bot.ticks_ok + int(rec.outcome is TickOutcome.OK),
+                "ticks_failed": Bot.ticks_failed + int(failed),
                 "ticks_missed": Bot.ticks_missed + rec.missed,
                 "orders_sent": Bot.orders_sent + rec.orders,
                 "consecutive_failures": failures,

@@ -137,7 +137,7 @@ def _result(result: Result) -> dict[str, Any]:
         "bot": result.bot,
         "change": result.change.value,
         "generation": result.generation,
-        "status": result.status.value,
+        "status": str(result.status),
         "drained": result.drained,
     }
 
