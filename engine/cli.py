@@ -25,8 +25,9 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-out = Console()
-err = Console(stderr=True)
+# Piped output (scripts, CI logs) gets wide tables instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 NO_BROKER = (
     "cannot reach the broker/Redis at {url}: start Redis, or run everything embedded with "
@@ -110,9 +111,23 @@ def start_bot(file: Annotated[Path, typer.Argument(help="Bot YAML file")]) -> No
     out.print(f"{result.bot}: {result.change.value} (generation {result.generation})")
 
 
+def _bot_name(name_or_file: str) -> str:
+    """A bot name, or the name inside a bot file (`make stop-bot BOT=bots/x.yaml`)."""
+    path = Path(name_or_file)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        import yaml
+
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            return data["name"]
+        raise _fail(f"{path}:1: name: missing")
+    return name_or_file
+
+
 def _lifecycle(command: str, name: str) -> None:
     from engine import lifecycle
 
+    name = _bot_name(name)
     try:
         result = getattr(lifecycle, command)(_runtime(), name)
     except BotEngineError as exc:
@@ -122,19 +137,19 @@ def _lifecycle(command: str, name: str) -> None:
 
 
 @app.command("stop-bot")
-def stop_bot(name: str) -> None:
+def stop_bot(name: Annotated[str, typer.Argument(help="Bot name or file")]) -> None:
     """Stop a bot; when this returns it sends no further order."""
     _lifecycle("stop", name)
 
 
 @app.command("pause-bot")
-def pause_bot(name: str) -> None:
+def pause_bot(name: Annotated[str, typer.Argument(help="Bot name or file")]) -> None:
     """Pause a bot (resume-bot restarts it with the same config)."""
     _lifecycle("pause", name)
 
 
 @app.command("resume-bot")
-def resume_bot(name: str) -> None:
+def resume_bot(name: Annotated[str, typer.Argument(help="Bot name or file")]) -> None:
     """Resume a paused or errored bot."""
     _lifecycle("resume", name)
 

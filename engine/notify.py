@@ -33,7 +33,8 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from engine.logging import get_logger, redactor
@@ -132,7 +133,9 @@ class Notifier:
 
         retrying = Retrying(
             stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential_jitter(initial=self.backoff_initial_s, max=self.backoff_max_s),
+            # Exponential from backoff_initial_s, plus jitter so many processes spread out.
+            wait=wait_exponential(multiplier=self.backoff_initial_s, max=self.backoff_max_s)
+            + wait_random(0, self.backoff_initial_s),
             retry=retry_if_exception_type(DeliveryError),
             sleep=self.sleep,
             reraise=True,

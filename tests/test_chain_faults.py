@@ -1,0 +1,86 @@
+"""Exchange bans and long intervals through real workers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from engine import lifecycle
+from engine.coordination import PARKED
+from tests.chain_support import Engine, bot_config
+from tests.support import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_418_pauses_every_bot_on_the_exchange_with_one_log_line_then_resumes(
+    engine: Engine, simulator: Any
+) -> None:
+    # Given three bots on the simulator, ticking
+    engine.procs.worker("w1")
+    names = ["ban-a", "ban-b", "ban-c"]
+    for name in names:
+        lifecycle.start(engine.rt, bot_config(name, interval="1s"))
+    assert wait_for(lambda: all(engine.bot(n).ticks_ok >= 1 for n in names), 20)
+    # When the exchange bans this IP (HTTP 418, Retry-After 4 s)
+    simulator.set_faults(
+        {"rules": [{"kind": "http_418", "retry_after_s": 4, "sticky": True, "count": 1}]}
+    )
+    redis = engine.rt.redis
+    assert redis is not None
+    assert wait_for(lambda: redis.exists("ban:simulator") == 1, 20)
+    banned_at = time.time()
+    # Then during the ban every bot's ticks are skipped, not failed, and no bot errors
+    time.sleep(2.5)
+    during = [
+        t
+        for n in names
+        for t in engine.ticks(n)
+        if banned_at + 0.2 < t.started_at.timestamp() < banned_at + 2.5
+    ]
+    assert during, "ticks kept running (skipped) during the ban"
+    assert {t.outcome for t in during} == {"skipped"}
+    # And after the ban every bot trades again
+    assert wait_for(lambda: redis.exists("ban:simulator") == 0, 15)
+    simulator.set_faults({"clear": True})
+    resumed_at = time.time()
+    assert wait_for(
+        lambda: all(
+            any(
+                t.outcome == "ok" and t.started_at.timestamp() > resumed_at for t in engine.ticks(n)
+            )
+            for n in names
+        ),
+        20,
+    )
+    for name in names:
+        lifecycle.stop(engine.rt, name)
+    # And the ban was logged once, not once per bot
+    bans = [r for r in engine.procs.log_records("w1") if r["event"] == "exchange.banned"]
+    assert len(bans) == 1
+
+
+def test_long_interval_slots_are_parked_and_dispatched_by_the_reconciler(
+    engine: Engine,
+) -> None:
+    # Given an ETA horizon of 10 s and a bot ticking every 16 s
+    engine.procs.env["ETA_HORIZON_S"] = "10"
+    engine.rt.settings = engine.rt.settings.model_copy(update={"eta_horizon_s": 10})
+    engine.procs.worker("w1")
+    engine.procs.beat()
+    lifecycle.start(engine.rt, bot_config("slow", interval="16s"))
+    redis = engine.rt.redis
+    assert redis is not None
+    # When slot 0 has run
+    assert wait_for(lambda: engine.bot("slow").ticks_ok == 1, 15)
+    # Then slot 1 (due in 16 s) is parked: no ETA message waits for it
+    assert wait_for(lambda: redis.zscore(PARKED, "slow") is not None, 5)
+    # And the reconciler dispatches it inside the horizon, so it runs on time
+    assert wait_for(lambda: engine.bot("slow").ticks_ok == 2, 25)
+    assert redis.zscore(PARKED, "slow") is not None  # slot 2 parked again
+    lifecycle.stop(engine.rt, "slow")
+    second = engine.ticks("slow")[1]
+    assert second.slot == 1
+    assert second.lateness_ms < 2000
