@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
 import sys
 import time
@@ -63,6 +64,7 @@ def run(profile: BenchProfile, args: argparse.Namespace) -> dict[str, Any]:
     run_id = f"{profile.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     tag = secrets.token_hex(2)  # bot names unique per run, also in a reused database
     started = time.time()
+    load_before = [round(x, 2) for x in os.getloadavg()]  # others' load skews the figures
     with open_stack(latency_ms=profile.latency_ms, database_url=args.database_url,
                     log_level=profile.log_level, keep=args.keep) as stack:
         quiet_harness_logs()
@@ -92,7 +94,8 @@ def run(profile: BenchProfile, args: argparse.Namespace) -> dict[str, Any]:
         sampler.stop()
     if not baseline:
         baseline = _empty_like(engine)
-    meta = {"machine": report.machine(), "wall_s": round(time.time() - started, 1),
+    meta = {"machine": report.machine(), "loadavg_before": load_before,
+            "wall_s": round(time.time() - started, 1),
             "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
             "database": "sqlite (temp)" if not args.database_url else "given --database-url"}
     result = report.build(run_id, profile, engine, baseline, meta)

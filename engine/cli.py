@@ -118,9 +118,10 @@ def _bot_name(name_or_file: str) -> str:
         import yaml
 
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict) and isinstance(data.get("name"), str):
-            return data["name"]
-        raise _fail(f"{path}:1: name: missing")
+        name = data.get("name") if isinstance(data, dict) else None
+        if not isinstance(name, str):
+            raise _fail(f"{path}:1: name: missing")
+        return name
     return name_or_file
 
 

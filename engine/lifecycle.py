@@ -15,6 +15,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from engine import notify
 from engine.config import BotConfig
 from engine.coordination import Mirror
 from engine.db import session_scope
@@ -124,6 +125,7 @@ def _halt(rt: Runtime, name: str, status: BotStatus, change: Change) -> Result:
         log.info(f"bot.{change.value}", bot=name, generation=gen, drained=drained)
         if status == BotStatus.STOPPED:
             _on_stop(rt, bot)
+            notify.notify(notify.BOT_STOPPED, bot=name, generation=gen, drained=drained)
         return Result(name, change, gen, status, drained)
     raise BotEngineError(f"bot {name}: too many concurrent lifecycle changes")
 

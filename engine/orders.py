@@ -24,6 +24,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from engine import notify
 from engine.db import session_scope
 from engine.domain import MarketRules, OpenOrder, OrderIntent, OrderType, Side, Ticker
 from engine.errors import (
@@ -234,6 +235,7 @@ def apply_report(db: Engine, client_order_id: str, report: OrderReport) -> Order
     with session_scope(db) as session:
         row = session.exec(select(Order).where(Order.client_order_id == client_order_id)).one()
         assert row.id is not None
+        was = row.status
         booked = session.exec(select(Fill).where(Fill.order_id == row.id)).all()
         amount = sum(f.amount for f in booked)
         delta = report.filled - amount
@@ -262,6 +264,16 @@ def apply_report(db: Engine, client_order_id: str, report: OrderReport) -> Order
             row.error = None
         row.updated_at = utcnow()
         session.add(row)
+    if report.status is OrderStatus.CLOSED and was != OrderStatus.CLOSED.value:
+        notify.notify(
+            notify.ORDER_FILLED,
+            bot=row.bot,
+            client_order_id=client_order_id,
+            symbol=row.symbol,
+            side=row.side,
+            amount=row.filled,
+            average=row.average,
+        )
     return row
 
 

@@ -29,9 +29,13 @@ def ping(self: Task[Any, Any]) -> dict[str, str]:
 @app.task(name="engine.reconcile", ignore_result=True)
 def reconcile() -> dict[str, int]:
     """Revive broken chains and dispatch parked slots (beat, every ~10 s)."""
-    from engine.reconciler import reconcile as reconcile_pass  # lazy: as above
+    from engine.metrics import record_reconcile  # lazy: as above
+    from engine.reconciler import reconcile as reconcile_pass
 
-    return reconcile_pass(get_runtime()).__dict__
+    rt = get_runtime()
+    report = reconcile_pass(rt).__dict__
+    record_reconcile(rt.redis, report)
+    return report
 
 
 @signals.worker_ready.connect

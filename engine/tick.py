@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
 from engine import logging as elog
-from engine import orders
+from engine import metrics, notify, orders
 from engine.config import BotConfig
 from engine.coordination import Mirror, Verdict
 from engine.db import session_scope
@@ -83,12 +83,14 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
             fatal,
         )  # 5. record
         rt.coordinator.finish(bot, generation, slot)
+        metrics.record_tick(rt.redis, outcome.value, started - due, finished - started)
         if status == BotStatus.RUNNING:
             schedule_successor(rt, bot, mirror, slot, nxt)  # 6. successor, CAS-guarded
         elif status == BotStatus.ERROR:
             retired = Mirror(status.value, generation, mirror.origin, mirror.interval, nxt)
             rt.coordinator.publish(retired, bot, 0.0, parked=False)
             log.error("bot.error", reason=error)
+            notify.notify(notify.BOT_ERROR, bot=bot, generation=generation, slot=slot, error=error)
         log.info(
             "tick.finished",
             outcome=outcome.value,

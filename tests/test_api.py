@@ -819,6 +819,12 @@ def test_openapi_document_lists_the_versioned_endpoints(api: Api) -> None:
     put = doc["paths"]["/api/v1/bots/{name}"]["put"]
     assert set(put["requestBody"]["content"]) == {"application/yaml", "application/json"}
     assert "HTTPBearer" in doc["components"]["securitySchemes"]
+    # And every reference in it resolves (the config body's schema included)
+    text = json.dumps(doc)
+    refs = {part.split('"', 1)[0] for part in text.split('"$ref": "')[1:]}
+    assert "#/components/schemas/BotConfig" in refs
+    for ref in refs:
+        assert ref.removeprefix("#/components/schemas/") in doc["components"]["schemas"], ref
 
 
 def test_real_uvicorn_serves_the_api_with_json_logs(redis_url: str, tmp_path: Path) -> None:

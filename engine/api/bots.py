@@ -187,7 +187,8 @@ def bot_ticks(
 
     Slots count from 0 in every generation, so a cursor is a (generation, slot) pair:
     the page holds ticks strictly before it. `next` is the cursor of the following
-    page (None on the last one); pass its fields back as query parameters.
+    page (None on the last one); pass its fields back as query parameters. A
+    `generation` alone starts the listing at the end of that generation.
     """
     with Session(rt.db) as session:
         bot = _bot(session, name)

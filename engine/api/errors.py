@@ -19,7 +19,13 @@ from fastapi.responses import JSONResponse, Response
 from kombu.exceptions import OperationalError as KombuOperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.errors import BotConfigError, BotEngineError, BotNotFoundError
+from engine.errors import (
+    BotConfigError,
+    BotEngineError,
+    BotNotFoundError,
+    ConfigError,
+    ExchangeError,
+)
 from engine.logging import get_logger
 
 log = get_logger("engine.api")
@@ -35,6 +41,7 @@ _STATUS_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
+    502: "exchange_error",
     503: "unavailable",
 }
 
@@ -127,6 +134,16 @@ async def _not_found(_: Request, exc: Exception) -> Response:
     return error_response(404, "not_found", str(exc))
 
 
+async def _misconfigured(request: Request, exc: Exception) -> Response:
+    log.error("api.misconfigured", path=request.url.path, error=str(exc))
+    return error_response(500, "misconfigured", "the API's settings are invalid; see its logs")
+
+
+async def _exchange_error(_: Request, exc: Exception) -> Response:
+    # E.g. cancelling open orders on stop (`on_stop: cancel`) after the bot was stopped.
+    return error_response(502, "exchange_error", f"the exchange failed: {exc}")
+
+
 async def _engine_error(_: Request, exc: Exception) -> Response:
     # Lifecycle races (too many concurrent changes) and similar refusals.
     return error_response(409, "conflict", str(exc))
@@ -160,6 +177,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(BotConfigError, _config_error)
     app.add_exception_handler(BotNotFoundError, _not_found)
+    app.add_exception_handler(ConfigError, _misconfigured)
+    app.add_exception_handler(ExchangeError, _exchange_error)
     app.add_exception_handler(BotEngineError, _engine_error)
     app.add_exception_handler(redis.RedisError, _unavailable)
     app.add_exception_handler(KombuOperationalError, _unavailable)

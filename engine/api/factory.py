@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
 from engine.api import bots, errors, ops, tasks
@@ -50,4 +52,22 @@ def create_app(*, migrate: bool = True) -> FastAPI:
     app.include_router(ops.health_router)
     app.include_router(ops.router)
     errors.install(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document plus the BotConfig schema, which the PUT body refers to (the
+    body is read raw, to accept YAML, so FastAPI cannot derive it)."""
+    if app.openapi_schema is None:
+        from engine.config import BotConfig
+
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        config = BotConfig.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(config.pop("$defs", {}))
+        components["BotConfig"] = config
+        app.openapi_schema = schema
+    return app.openapi_schema

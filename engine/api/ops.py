@@ -15,6 +15,7 @@ from engine import metrics
 from engine.api.deps import DispatcherDep, RtDep, require_token
 from engine.api.dispatch import Dispatcher
 from engine.api.errors import ApiError
+from engine.logging import redactor
 from engine.runtime import Runtime
 
 health_router = APIRouter(tags=["operations"])
@@ -28,7 +29,8 @@ def _check(probe: Callable[[], dict[str, Any] | None]) -> dict[str, Any]:
         detail = probe() or {}
         ok, error = True, None
     except Exception as exc:  # noqa: BLE001 - a failing dependency is the answer, not an error
-        detail, ok, error = {}, False, f"{type(exc).__name__}: {exc}"
+        # Unauthenticated endpoint: no URL passwords or known secrets, and short.
+        detail, ok, error = {}, False, redactor.redact_text(f"{type(exc).__name__}: {exc}")[:300]
     return {
         "ok": ok,
         "latency_ms": round((time.perf_counter() - started) * 1000, 1),

@@ -22,6 +22,7 @@ import ccxt
 import structlog
 from ccxt.base.decimal_to_precision import DECIMAL_PLACES, TICK_SIZE
 
+from engine import metrics
 from engine.domain import Candle, MarketRules, OrderType, Side, Ticker
 from engine.errors import (
     ExchangeBannedError,
@@ -94,17 +95,33 @@ class CcxtGateway:
             budget = ORDER_RATE_WAIT_S if deadline is None else deadline - time.monotonic()
             wait = self.limiter.reserve(buckets, max_wait_s=max(0.0, budget))
             if wait > 0:
+                metrics.record_rate_limit_wait(self.limiter.redis, self.exchange_id, wait)
                 self.sleep(wait)  # outside the client lock
+        outcome = "ok"
         try:
             return self.client.call(fn, creating=creating)
         except ExchangeBannedError as exc:
+            outcome = "banned"
             if self.limiter is not None:
                 self.limiter.ban(exc.retry_after or DEFAULT_BAN_S)
             raise
         except RateLimitedError as exc:
+            outcome = "rate_limited"
             if self.limiter is not None:
                 self.limiter.cool_down(buckets, exc.retry_after)
             raise
+        except TemporaryError:
+            outcome = "temporary"
+            raise
+        except OrderRejectedError:
+            outcome = "rejected"
+            raise
+        except OperationalError:
+            outcome = "operational"
+            raise
+        finally:
+            if self.limiter is not None:
+                metrics.record_exchange_request(self.limiter.redis, self.exchange_id, outcome)
 
     def _read(self, fn: Callable[[Any], T], *, private: bool = False) -> T:
         return self.retry.call(lambda: self._request(fn, private=private))

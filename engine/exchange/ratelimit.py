@@ -24,6 +24,7 @@ from typing import Any, cast
 import redis as redis_lib
 import structlog
 
+from engine import notify
 from engine.errors import ExchangeBannedError, RateLimitedError
 
 log = structlog.get_logger("engine.exchange.ratelimit")
@@ -155,5 +156,11 @@ class RateLimiter:
             # A fresh logger proxy, so structlog's configuration at this moment applies.
             structlog.get_logger("engine.exchange.ratelimit").error(
                 "exchange.banned", exchange=self.exchange_id, retry_after=retry_after, until=until
+            )
+            notify.notify(
+                notify.EXCHANGE_BANNED,
+                exchange=self.exchange_id,
+                retry_after=retry_after,
+                until=until,
             )
         return created
