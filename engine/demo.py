@@ -26,7 +26,7 @@ from engine.config import BotConfig, load_bot_config
 from engine.embedded import EmbeddedRedis, free_port
 from engine.errors import BotEngineError
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 class Children:

@@ -1,0 +1,290 @@
+"""`python -m benchmarks.chaos --profile small|tiny|medium [...]`: a fault run.
+
+N bots (part of them live on the simulator, so orders really reach its order log) tick
+at a short interval while the harness, on a seeded schedule, SIGKILLs workers (starting
+a replacement each time) and restarts Redis with its data gone; every bot is started
+twice concurrently, and the simulator injects timeouts, 429s, 5xx and lost order
+responses throughout. Then all bots stop, a final reconciliation pass runs, and the
+invariants in `benchmarks.invariants` are checked. Exit status 1 if any broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session, select
+
+from benchmarks import fleet, invariants, metrics, report
+from benchmarks.infra import Stack, harness_runtime, open_stack
+from benchmarks.profiles import CHAOS_PROFILES, ChaosProfile
+from benchmarks.run import quiet_harness_logs
+from engine import lifecycle, orders
+from engine.lifecycle import Change
+from engine.models import Bot, Order
+from engine.runtime import Runtime
+
+# Engine settings for the run, and the recovery bound they imply: a dead worker's claim
+# is abandoned when its heartbeat expires (10 s), the reconciler runs every 2 s and
+# acts on slots overdue by 3 s; 30 s leaves room for a loaded 2-core machine.
+CHAOS_ENV = {
+    "RECONCILE_EVERY_S": "2",
+    "RECONCILE_GRACE_S": "3",
+    "TICK_TIME_LIMIT_S": "20",
+    "MAX_CONSECUTIVE_FAILURES": "5",
+}
+
+
+def exchange_faults(profile: ChaosProfile) -> dict[str, Any]:
+    """The simulator's fault rules for the whole run (seeded: same run, same faults)."""
+    order = {"path": "/api/v3/order", "method": "POST"}
+    reads = {"path": "/api/v3/*", "method": "GET"}
+    return {"seed": profile.seed, "rules": [
+        {"kind": "timeout", "rate": profile.order_timeout_rate, "hold_s": 2.0, **order},
+        {"kind": "response_lost", "rate": profile.order_response_lost_rate, **order},
+        {"kind": "http_429", "rate": profile.read_429_rate, "retry_after_s": 1, **reads},
+        {"kind": "http_5xx", "rate": profile.read_5xx_rate, **reads},
+    ]}
+
+
+def fault_plan(profile: ChaosProfile) -> list[tuple[float, str]]:
+    """(seconds after start, "kill" | "redis_restart"), seeded, in time order.
+
+    Faults fall in the first part of the run so that the last one still has the whole
+    recovery bound before the bots are stopped.
+    """
+    rng = random.Random(profile.seed)
+    lo = max(5.0, 0.15 * profile.duration_s)
+    hi = max(lo + 1.0, profile.duration_s - profile.recovery_bound_s - 3.0)
+    kinds = ["kill"] * profile.kills + ["redis_restart"] * profile.redis_restarts
+    return sorted((round(rng.uniform(lo, hi), 1), kind) for kind in kinds)
+
+
+def start_twice(rt: Runtime, configs: list[Any]) -> dict[str, int]:
+    """Start every bot twice at the same moment (two threads); count what each did."""
+    changes: dict[str, int] = {}
+    with ThreadPoolExecutor(max_workers=16, thread_name_prefix="chaos-start") as pool:
+        futures = [pool.submit(lifecycle.start, rt, c) for c in configs for _ in range(2)]
+        for future in futures:
+            change = future.result().change
+            changes[change.value] = changes.get(change.value, 0) + 1
+    return changes
+
+
+class Chaos:
+    """One fault run on a private stack."""
+
+    def __init__(self, stack: Stack, profile: ChaosProfile) -> None:
+        self.stack = stack
+        self.profile = profile
+        self.rt = harness_runtime()
+        self.rng = random.Random(profile.seed + 1)
+        self.faults: list[tuple[str, float]] = []
+        self.spawned = 0
+
+    def spawn_worker(self) -> None:
+        """One more engine worker (the initial ones and each replacement)."""
+        spec = self.profile.worker
+        proc = self.stack.procs.celery_worker(
+            f"chaos-w{self.spawned}", "engine.celery_app", "ticks,maintenance", spec.pool,
+            spec.concurrency, "INFO", "engine-worker")
+        self.spawned += 1
+        self.stack.procs.wait_ready([proc], "worker.ready")
+
+    def kill_worker(self) -> None:
+        """SIGKILL a random worker, then start its replacement."""
+        victims = sorted(p.name for p in self.stack.procs.by_role("engine-worker"))
+        victim = self.rng.choice(victims)
+        self.stack.procs.kill(victim)
+        self.faults.append((f"kill {victim}", time.time()))
+        _say(f"SIGKILLed {victim}")
+        self.spawn_worker()
+
+    def restart_redis(self) -> None:
+        """Restart Redis on the same port with nothing in it (no persistence)."""
+        self.stack.redis.restart()
+        self.faults.append(("redis_restart", time.time()))
+        _say("Redis restarted empty")
+
+    def run(self) -> dict[str, Any]:
+        """The whole run: start, faults, stop, reconcile, check."""
+        p = self.profile
+        for _ in range(p.worker.workers):
+            self.spawn_worker()
+        beat = self.stack.procs.beat(self.stack.workdir)
+        live_every = round(1 / p.live_fraction) if p.live_fraction > 0 else 0
+        configs = fleet.fleet("x", p.bots, p.interval_s, dca_every=1, live_every=live_every)
+        live = {c.name for c in configs if c.mode == "live"}
+        self.stack.sim("/_sim/faults", exchange_faults(p))
+        t0 = time.time()
+        changes = start_twice(self.rt, configs)
+        _say(f"started {p.bots} bots twice each: {changes}")
+        for offset, kind in fault_plan(p):
+            _sleep_until(t0 + offset)
+            self.kill_worker() if kind == "kill" else self.restart_redis()
+        _sleep_until(t0 + p.duration_s)
+        # Read before stopping: a stop turns an errored bot into a stopped one.
+        with Session(self.rt.db) as session:
+            statuses = {b.name: str(b.status) for b in session.exec(select(Bot))}
+        stopped_ms = self._stop_all([c.name for c in configs])
+        stopped_at = min(stopped_ms.values()) / 1000
+        time.sleep(3.0)  # anything still in flight would reach the exchange now
+        fired = self.stack.sim("/_sim/faults")
+        self.stack.sim("/_sim/faults", {"clear": True})
+        self._final_reconcile([c for c in configs if c.name in live])
+        self.stack.procs.stop([w.name for w in self.stack.procs.by_role("engine-worker")]
+                              + [beat.name])
+        return self._check(configs, live, changes, statuses, stopped_ms, stopped_at, fired, t0)
+
+    def _stop_all(self, names: list[str]) -> dict[str, float]:
+        stopped: dict[str, float] = {}
+
+        def stop(name: str) -> None:
+            lifecycle.stop(self.rt, name)
+            stopped[name] = time.time() * 1000  # after stop returned: no order from here
+
+        with ThreadPoolExecutor(max_workers=16, thread_name_prefix="chaos-stop") as pool:
+            list(pool.map(stop, names))
+        return stopped
+
+    def _final_reconcile(self, live: list[Any]) -> None:
+        """Settle every pending/unknown/open order by client order id (grace 0: the bots
+        are stopped, nothing is still on its way)."""
+        for config in live:
+            orders.reconcile(self.rt.db, config.name, self.rt.gateway(config), grace_s=0)
+
+    def _check(self, configs: list[Any], live: set[str], changes: dict[str, int],
+               statuses: dict[str, str], stopped_ms: dict[str, float], stopped_at: float, fired: dict[str, Any],
+               t0: float) -> dict[str, Any]:
+        db = self.rt.db
+        logs = self.stack.procs.logs("engine-worker")
+        started = metrics.started_counts(logs, "x")
+        ticks = metrics.engine_ticks(db, "x")
+        exchange = self.stack.sim("/_sim/orders")["orders"]
+        dup_rejections = self.stack.sim("/_sim/bench")["duplicate_rejections"]
+        with Session(db) as session:
+            rows = list(session.exec(select(Order).where(Order.bot.in_(sorted(live)))))  # type: ignore[attr-defined]
+        db_orders = [(o.client_order_id, o.status) for o in rows]
+        owner = {o.client_order_id: o.bot for o in rows}
+        exchange_ids = [o["clientOrderId"] for o in exchange]
+        checks = [
+            invariants.no_slot_twice(started),
+            invariants.no_order_sent_twice(dup_rejections, exchange_ids,
+                                           [cid for cid, _ in db_orders]),
+            invariants.db_matches_exchange(db_orders, exchange_ids),
+            invariants.recovered_after_faults(self.faults, ticks, [c.name for c in configs],
+                                              self.profile.recovery_bound_s, stopped_at),
+            invariants.no_order_after_stop(exchange, owner, stopped_ms),
+            invariants.no_bot_in_error(statuses),
+            invariants.Check("double_start_one_chain_per_bot",
+                             changes.get(Change.STARTED.value, 0) == len(configs), changes),
+        ]
+        sim_stats = self.stack.sim("/_sim/stats")
+        return {
+            "profile": self.profile.name,
+            "settings": asdict(self.profile),
+            "engine_env": CHAOS_ENV,
+            "bots": len(configs), "live_bots": len(live),
+            "ticks_recorded": len(ticks),
+            "outcomes": dict(sorted(_count(t.outcome for t in ticks).items())),
+            "faults": [{"fault": k, "at_s": round(t - t0, 1)} for k, t in self.faults],
+            "exchange_faults_fired": dict(sim_stats.get("faults", {})),
+            "exchange_fault_rules": [{k: r[k] for k in ("kind", "path", "method", "rate",
+                                                        "fired")} for r in fired["rules"]],
+            "log_events": metrics.event_counts(logs, (
+                "tick.duplicate", "tick.dropped", "tick.duplicate_record",
+                "reconcile.advanced", "reconcile.restored", "order.unknown",
+                "order.duplicate", "order.fenced", "order.reconciled", "bot.error")),
+            "invariants": [asdict(c) for c in checks],
+            "ok": all(c.ok for c in checks),
+        }
+
+
+def _count(values: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
+
+
+def _sleep_until(t: float) -> None:
+    delay = t - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _say(message: str) -> None:
+    print(f"[chaos] {datetime.now(UTC):%H:%M:%S} {message}", file=sys.stderr, flush=True)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The invariants as a table, then the fault figures."""
+    lines = [f"### botengine chaos run (profile {result['profile']}): "
+             f"{'PASS' if result['ok'] else 'FAIL'}", "",
+             f"{result['bots']} bots ({result['live_bots']} live on the simulator) at "
+             f"{result['settings']['interval_s']:g} s for {result['settings']['duration_s']:g} s;"
+             f" {result['ticks_recorded']} ticks {result['outcomes']}.", "",
+             "| invariant | ok | figures |", "|---|:-:|---|"]
+    for check in result["invariants"]:
+        detail = json.dumps(check["detail"], separators=(",", ":"))
+        lines.append(f"| {check['name']} | {'yes' if check['ok'] else 'NO'} | `{detail}` |")
+    lines += ["", f"faults: {result['faults']}",
+              f"exchange faults fired: {result['exchange_faults_fired']}",
+              f"log events: {result['log_events']}", ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> tuple[ChaosProfile, argparse.Namespace]:
+    """The profile named by `--profile`, with flags applied over it."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__)
+    parser.add_argument("--profile", default="small", choices=sorted(CHAOS_PROFILES))
+    parser.add_argument("--bots", type=int)
+    parser.add_argument("--interval", type=float, dest="interval_s")
+    parser.add_argument("--duration", type=float, dest="duration_s")
+    parser.add_argument("--kills", type=int)
+    parser.add_argument("--redis-restarts", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--pool", choices=["threads", "prefork", "gevent", "solo"])
+    parser.add_argument("--concurrency", type=int)
+    parser.add_argument("--database-url", help="default: SQLite in the run's temp dir")
+    parser.add_argument("--keep", action="store_true", help="keep the run dir (logs, db)")
+    parser.add_argument("--out", help="results directory (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    overrides = {k: getattr(args, k) for k in (
+        "bots", "interval_s", "duration_s", "kills", "redis_restarts", "seed", "workers",
+        "pool", "concurrency")}
+    return CHAOS_PROFILES[args.profile].with_overrides(**overrides), args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run, write `chaos-<profile>-<time>.{json,md}`, print the table; 1 on a broken
+    invariant."""
+    profile, args = parse_args(argv)
+    run_id = f"chaos-{profile.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    with open_stack(database_url=args.database_url, extra_env=CHAOS_ENV, keep=args.keep,
+                    seed=profile.seed) as stack:
+        quiet_harness_logs()
+        _say(f"{run_id}: run dir {stack.workdir}")
+        result = Chaos(stack, profile).run()
+    result["run"] = run_id
+    outdir = Path(args.out) if args.out else report.RESULTS
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / f"{run_id}.json").write_text(json.dumps(report.clean(result), indent=2) + "\n")
+    text = markdown(result)
+    (outdir / f"{run_id}.md").write_text(text)
+    print(text)
+    print(f"results: {outdir / run_id}.json")
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
