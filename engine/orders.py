@@ -20,7 +20,7 @@ from datetime import timedelta
 from functools import lru_cache
 
 import structlog
-from sqlalchemy import Engine
+from sqlalchemy import Engine, case, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -387,8 +387,16 @@ class PnL:
 
 
 def position(db: Engine, bot: str) -> float:
-    """The bot's base-currency position from its fills."""
-    return position_and_pnl(db, bot).position
+    """The bot's base-currency position: its bought minus its sold fill amounts.
+
+    One SQL aggregate per tick, rather than loading every fill the bot ever had.
+    """
+    signed = case((col(Fill.side) == Side.BUY.value, Fill.amount), else_=-col(Fill.amount))
+    with Session(db) as session:
+        total = session.execute(
+            select(func.coalesce(func.sum(signed), 0.0)).where(col(Fill.bot) == bot)
+        ).scalar_one()
+    return float(total)
 
 
 def position_and_pnl(db: Engine, bot: str, price: float | None = None) -> PnL:

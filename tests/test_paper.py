@@ -255,6 +255,7 @@ def test_paper_books_always_balance(db: Engine, steps: list[Any], fee: float, sl
     balances = gw.fetch_balances()
     pnl = orders.position_and_pnl(db, bot, price=market.mid)
     assert pnl.position == pytest.approx(balances["BTC"] - 2.0, abs=1e-9)
+    assert orders.position(db, bot) == pytest.approx(pnl.position, abs=1e-9)
     equity_change = balances["USDT"] - 1000.0 + (balances["BTC"] - 2.0) * market.mid
     assert equity_change == pytest.approx(pnl.net, abs=1e-6)
 

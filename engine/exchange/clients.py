@@ -36,8 +36,7 @@ T = TypeVar("T")
 
 SIMULATOR_OPTIONS: dict[str, Any] = {
     # The simulator speaks Binance spot only: load_markets must ask for spot
-    # exchangeInfo alone - no futures, margin pairs or sapi currencies. (Same as
-    # simulator.SIMULATOR_CCXT_OPTIONS, not imported: that package pulls in aiohttp.)
+    # exchangeInfo alone - no futures, margin pairs or sapi currencies.
     "defaultType": "spot",
     "fetchMarkets": {"types": ["spot"]},
     "fetchMargins": False,

@@ -13,7 +13,7 @@ Typical test use::
         assert server.request_count("/api/v3/order", "POST") == 1
 """
 
-from .client import SIMULATOR_CCXT_OPTIONS, make_ccxt_client, point_urls_at
+from .client import make_ccxt_client
 from .config import (
     DEFAULT_API_KEY,
     DEFAULT_API_SECRET,
@@ -40,7 +40,6 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_SYMBOLS",
     "FAULT_KINDS",
-    "SIMULATOR_CCXT_OPTIONS",
     "ApiError",
     "Clock",
     "FaultInjector",
@@ -52,7 +51,6 @@ __all__ = [
     "SymbolSpec",
     "create_app",
     "make_ccxt_client",
-    "point_urls_at",
     "run_simulator",
     "wall_clock",
 ]
