@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy import select as sa_select
 from sqlalchemy import update
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
-from engine.coordination import PARKED, SCHEDULE, Mirror, RedisCoordinator
+from engine.coordination import PARKED, SCHEDULE, Mirror, RedisCoordinator, bot_key
 from engine.db import session_scope
 from engine.logging import get_logger
 from engine.models import Bot, BotStatus
@@ -59,13 +60,21 @@ def _restore_mirrors(
     rt: Runtime, coordinator: RedisCoordinator, now: float, report: Report
 ) -> None:
     """Rebuild the mirror of every running bot Redis forgot (flush, restart, crash)."""
+    # Only the schedule columns: this runs every pass over every running bot.
+    query = sa_select(
+        col(Bot.name),
+        col(Bot.generation),
+        col(Bot.next_slot),
+        col(Bot.origin),
+        col(Bot.interval_s),
+    ).where(col(Bot.status) == BotStatus.RUNNING.value)
     with Session(rt.db) as session:
-        running = list(session.exec(select(Bot).where(Bot.status == BotStatus.RUNNING.value)))
+        running = list(session.execute(query))
     if not running:
         return
     pipe = coordinator.redis.pipeline(transaction=False)
     for bot in running:
-        pipe.hget(f"bot:{bot.name}", "gen")
+        pipe.hget(bot_key(bot.name), "gen")
     generations = pipe.execute()
     for bot, gen in zip(running, generations, strict=True):
         if gen is not None and int(gen) >= bot.generation:
