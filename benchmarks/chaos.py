@@ -47,25 +47,32 @@ def exchange_faults(profile: ChaosProfile) -> dict[str, Any]:
     """The simulator's fault rules for the whole run (seeded: same run, same faults)."""
     order = {"path": "/api/v3/order", "method": "POST"}
     reads = {"path": "/api/v3/*", "method": "GET"}
-    return {"seed": profile.seed, "rules": [
-        {"kind": "timeout", "rate": profile.order_timeout_rate, "hold_s": 2.0, **order},
-        {"kind": "response_lost", "rate": profile.order_response_lost_rate, **order},
-        {"kind": "http_429", "rate": profile.read_429_rate, "retry_after_s": 1, **reads},
-        {"kind": "http_5xx", "rate": profile.read_5xx_rate, **reads},
-    ]}
+    return {
+        "seed": profile.seed,
+        "rules": [
+            {"kind": "timeout", "rate": profile.order_timeout_rate, "hold_s": 2.0, **order},
+            {"kind": "response_lost", "rate": profile.order_response_lost_rate, **order},
+            {"kind": "http_429", "rate": profile.read_429_rate, "retry_after_s": 1, **reads},
+            {"kind": "http_5xx", "rate": profile.read_5xx_rate, **reads},
+        ],
+    }
 
 
 def fault_plan(profile: ChaosProfile) -> list[tuple[float, str]]:
-    """(seconds after start, "kill" | "redis_restart"), seeded, in time order.
+    """(seconds after start, "kill" | "redis_restart") in time order, seeded.
 
-    Faults fall in the first part of the run so that the last one still has the whole
-    recovery bound before the bots are stopped.
+    Faults are spread evenly over 15-75 % of the run with a seeded jitter, so each
+    one's recovery is seen on its own; their order is shuffled by the seed.
     """
     rng = random.Random(profile.seed)
-    lo = max(5.0, 0.15 * profile.duration_s)
-    hi = max(lo + 1.0, profile.duration_s - profile.recovery_bound_s - 3.0)
     kinds = ["kill"] * profile.kills + ["redis_restart"] * profile.redis_restarts
-    return sorted((round(rng.uniform(lo, hi), 1), kind) for kind in kinds)
+    rng.shuffle(kinds)
+    lo, hi = 0.15 * profile.duration_s, 0.75 * profile.duration_s
+    gap = (hi - lo) / max(len(kinds), 1)
+    return [
+        (round(lo + (i + 0.5) * gap + rng.uniform(-gap / 4, gap / 4), 1), kind)
+        for i, kind in enumerate(kinds)
+    ]
 
 
 def start_twice(rt: Runtime, configs: list[Any]) -> dict[str, int]:
@@ -94,8 +101,14 @@ class Chaos:
         """One more engine worker (the initial ones and each replacement)."""
         spec = self.profile.worker
         proc = self.stack.procs.celery_worker(
-            f"chaos-w{self.spawned}", "engine.celery_app", "ticks,maintenance", spec.pool,
-            spec.concurrency, "INFO", "engine-worker")
+            f"chaos-w{self.spawned}",
+            "engine.celery_app",
+            "ticks,maintenance",
+            spec.pool,
+            spec.concurrency,
+            "INFO",
+            "engine-worker",
+        )
         self.spawned += 1
         self.stack.procs.wait_ready([proc], "worker.ready")
 
@@ -110,6 +123,7 @@ class Chaos:
 
     def restart_redis(self) -> None:
         """Restart Redis on the same port with nothing in it (no persistence)."""
+        assert self.stack.redis is not None  # chaos always runs its own Redis
         self.stack.redis.restart()
         self.faults.append(("redis_restart", time.time()))
         _say("Redis restarted empty")
@@ -131,6 +145,7 @@ class Chaos:
             _sleep_until(t0 + offset)
             self.kill_worker() if kind == "kill" else self.restart_redis()
         _sleep_until(t0 + p.duration_s)
+        self._await_recovery([c.name for c in configs])
         # Read before stopping: a stop turns an errored bot into a stopped one.
         with Session(self.rt.db) as session:
             statuses = {b.name: str(b.status) for b in session.exec(select(Bot))}
@@ -140,9 +155,25 @@ class Chaos:
         fired = self.stack.sim("/_sim/faults")
         self.stack.sim("/_sim/faults", {"clear": True})
         self._final_reconcile([c for c in configs if c.name in live])
-        self.stack.procs.stop([w.name for w in self.stack.procs.by_role("engine-worker")]
-                              + [beat.name])
+        self.stack.procs.stop(
+            [w.name for w in self.stack.procs.by_role("engine-worker")] + [beat.name]
+        )
         return self._check(configs, live, changes, statuses, stopped_ms, stopped_at, fired, t0)
+
+    def _await_recovery(self, names: list[str]) -> None:
+        """Keep running until every bot ticked after the last fault (or the bound ran
+        out), so a late fault is judged on its recovery, not on the run's end."""
+        if not self.faults:
+            return
+        last = self.faults[-1][1]
+
+        def resumed() -> bool:
+            ticks = metrics.engine_ticks(self.rt.db, "x")
+            return {t.bot for t in ticks if t.started > last} >= set(names)
+
+        deadline = last + self.profile.recovery_bound_s + 1.0
+        while time.time() < deadline and not resumed():
+            time.sleep(1.0)
 
     def _stop_all(self, names: list[str]) -> dict[str, float]:
         stopped: dict[str, float] = {}
@@ -161,9 +192,17 @@ class Chaos:
         for config in live:
             orders.reconcile(self.rt.db, config.name, self.rt.gateway(config), grace_s=0)
 
-    def _check(self, configs: list[Any], live: set[str], changes: dict[str, int],
-               statuses: dict[str, str], stopped_ms: dict[str, float], stopped_at: float, fired: dict[str, Any],
-               t0: float) -> dict[str, Any]:
+    def _check(
+        self,
+        configs: list[Any],
+        live: set[str],
+        changes: dict[str, int],
+        statuses: dict[str, str],
+        stopped_ms: dict[str, float],
+        stopped_at: float,
+        fired: dict[str, Any],
+        t0: float,
+    ) -> dict[str, Any]:
         db = self.rt.db
         logs = self.stack.procs.logs("engine-worker")
         started = metrics.started_counts(logs, "x")
@@ -177,32 +216,55 @@ class Chaos:
         exchange_ids = [o["clientOrderId"] for o in exchange]
         checks = [
             invariants.no_slot_twice(started),
-            invariants.no_order_sent_twice(dup_rejections, exchange_ids,
-                                           [cid for cid, _ in db_orders]),
+            invariants.no_order_sent_twice(
+                dup_rejections, exchange_ids, [cid for cid, _ in db_orders]
+            ),
             invariants.db_matches_exchange(db_orders, exchange_ids),
-            invariants.recovered_after_faults(self.faults, ticks, [c.name for c in configs],
-                                              self.profile.recovery_bound_s, stopped_at),
+            invariants.recovered_after_faults(
+                self.faults,
+                ticks,
+                [c.name for c in configs],
+                self.profile.recovery_bound_s,
+                stopped_at,
+            ),
             invariants.no_order_after_stop(exchange, owner, stopped_ms),
             invariants.no_bot_in_error(statuses),
-            invariants.Check("double_start_one_chain_per_bot",
-                             changes.get(Change.STARTED.value, 0) == len(configs), changes),
+            invariants.Check(
+                "double_start_one_chain_per_bot",
+                changes.get(Change.STARTED.value, 0) == len(configs),
+                changes,
+            ),
         ]
         sim_stats = self.stack.sim("/_sim/stats")
         return {
             "profile": self.profile.name,
             "settings": asdict(self.profile),
             "engine_env": CHAOS_ENV,
-            "bots": len(configs), "live_bots": len(live),
+            "bots": len(configs),
+            "live_bots": len(live),
             "ticks_recorded": len(ticks),
             "outcomes": dict(sorted(_count(t.outcome for t in ticks).items())),
             "faults": [{"fault": k, "at_s": round(t - t0, 1)} for k, t in self.faults],
             "exchange_faults_fired": dict(sim_stats.get("faults", {})),
-            "exchange_fault_rules": [{k: r[k] for k in ("kind", "path", "method", "rate",
-                                                        "fired")} for r in fired["rules"]],
-            "log_events": metrics.event_counts(logs, (
-                "tick.duplicate", "tick.dropped", "tick.duplicate_record",
-                "reconcile.advanced", "reconcile.restored", "order.unknown",
-                "order.duplicate", "order.fenced", "order.reconciled", "bot.error")),
+            "exchange_fault_rules": [
+                {k: r[k] for k in ("kind", "path", "method", "rate", "fired")}
+                for r in fired["rules"]
+            ],
+            "log_events": metrics.event_counts(
+                logs,
+                (
+                    "tick.duplicate",
+                    "tick.dropped",
+                    "tick.duplicate_record",
+                    "reconcile.advanced",
+                    "reconcile.restored",
+                    "order.unknown",
+                    "order.duplicate",
+                    "order.fenced",
+                    "order.reconciled",
+                    "bot.error",
+                ),
+            ),
             "invariants": [asdict(c) for c in checks],
             "ok": all(c.ok for c in checks),
         }
@@ -227,18 +289,27 @@ def _say(message: str) -> None:
 
 def markdown(result: dict[str, Any]) -> str:
     """The invariants as a table, then the fault figures."""
-    lines = [f"### botengine chaos run (profile {result['profile']}): "
-             f"{'PASS' if result['ok'] else 'FAIL'}", "",
-             f"{result['bots']} bots ({result['live_bots']} live on the simulator) at "
-             f"{result['settings']['interval_s']:g} s for {result['settings']['duration_s']:g} s;"
-             f" {result['ticks_recorded']} ticks {result['outcomes']}.", "",
-             "| invariant | ok | figures |", "|---|:-:|---|"]
+    lines = [
+        f"### botengine chaos run (profile {result['profile']}): "
+        f"{'PASS' if result['ok'] else 'FAIL'}",
+        "",
+        f"{result['bots']} bots ({result['live_bots']} live on the simulator) at "
+        f"{result['settings']['interval_s']:g} s for {result['settings']['duration_s']:g} s;"
+        f" {result['ticks_recorded']} ticks {result['outcomes']}.",
+        "",
+        "| invariant | ok | figures |",
+        "|---|:-:|---|",
+    ]
     for check in result["invariants"]:
         detail = json.dumps(check["detail"], separators=(",", ":"))
         lines.append(f"| {check['name']} | {'yes' if check['ok'] else 'NO'} | `{detail}` |")
-    lines += ["", f"faults: {result['faults']}",
-              f"exchange faults fired: {result['exchange_faults_fired']}",
-              f"log events: {result['log_events']}", ""]
+    lines += [
+        "",
+        f"faults: {result['faults']}",
+        f"exchange faults fired: {result['exchange_faults_fired']}",
+        f"log events: {result['log_events']}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -259,9 +330,20 @@ def parse_args(argv: list[str] | None) -> tuple[ChaosProfile, argparse.Namespace
     parser.add_argument("--keep", action="store_true", help="keep the run dir (logs, db)")
     parser.add_argument("--out", help="results directory (default benchmarks/results)")
     args = parser.parse_args(argv)
-    overrides = {k: getattr(args, k) for k in (
-        "bots", "interval_s", "duration_s", "kills", "redis_restarts", "seed", "workers",
-        "pool", "concurrency")}
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "bots",
+            "interval_s",
+            "duration_s",
+            "kills",
+            "redis_restarts",
+            "seed",
+            "workers",
+            "pool",
+            "concurrency",
+        )
+    }
     return CHAOS_PROFILES[args.profile].with_overrides(**overrides), args
 
 
@@ -270,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     invariant."""
     profile, args = parse_args(argv)
     run_id = f"chaos-{profile.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    with open_stack(database_url=args.database_url, extra_env=CHAOS_ENV, keep=args.keep,
-                    seed=profile.seed) as stack:
+    with open_stack(
+        database_url=args.database_url, extra_env=CHAOS_ENV, keep=args.keep, seed=profile.seed
+    ) as stack:
         quiet_harness_logs()
         _say(f"{run_id}: run dir {stack.workdir}")
         result = Chaos(stack, profile).run()

@@ -25,27 +25,44 @@ SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT")
 BULK_BATCH = 500
 
 
-def bot_config(name: str, interval_s: float, symbol: str, *, dca_every: int = 10,
-               live: bool = False, quote_amount: float = 20.0) -> BotConfig:
+def bot_config(
+    name: str,
+    interval_s: float,
+    symbol: str,
+    *,
+    dca_every: int = 10,
+    live: bool = False,
+    quote_amount: float = 20.0,
+) -> BotConfig:
     """A DCA bot on the simulator: paper by default, live on the simulator's account."""
-    return BotConfig.model_validate({
-        "name": name,
-        "exchange": "simulator",
-        "mode": "live" if live else "paper",
-        "symbol": symbol,
-        "check_interval": interval_s,
-        "strategy": {"name": "dca", "params": {"quote_amount": quote_amount,
-                                                "every": dca_every}},
-        "paper": {"balances": {"USDT": 1_000_000_000.0}},
-    })
+    return BotConfig.model_validate(
+        {
+            "name": name,
+            "exchange": "simulator",
+            "mode": "live" if live else "paper",
+            "symbol": symbol,
+            "check_interval": interval_s,
+            "strategy": {
+                "name": "dca",
+                "params": {"quote_amount": quote_amount, "every": dca_every},
+            },
+            "paper": {"balances": {"USDT": 1_000_000_000.0}},
+        }
+    )
 
 
-def fleet(prefix: str, n: int, interval_s: float, *, dca_every: int = 10,
-          live_every: int = 0) -> list[BotConfig]:
+def fleet(
+    prefix: str, n: int, interval_s: float, *, dca_every: int = 10, live_every: int = 0
+) -> list[BotConfig]:
     """`n` bots named `<prefix>-00000...`; every `live_every`-th one is live (0: none)."""
     return [
-        bot_config(f"{prefix}-{i:05d}", interval_s, SYMBOLS[i % len(SYMBOLS)],
-                   dca_every=dca_every, live=bool(live_every) and i % live_every == 0)
+        bot_config(
+            f"{prefix}-{i:05d}",
+            interval_s,
+            SYMBOLS[i % len(SYMBOLS)],
+            dca_every=dca_every,
+            live=bool(live_every) and i % live_every == 0,
+        )
         for i in range(n)
     ]
 
@@ -66,8 +83,13 @@ class StartReport:
         return self.bots / self.seconds if self.seconds > 0 else 0.0
 
 
-def start_paced(rt: Runtime, configs: Sequence[BotConfig], spread_s: float, threads: int,
-                start: Callable[[Runtime, BotConfig], object] = lifecycle.start) -> StartReport:
+def start_paced(
+    rt: Runtime,
+    configs: Sequence[BotConfig],
+    spread_s: float,
+    threads: int,
+    start: Callable[[Runtime, BotConfig], object] = lifecycle.start,
+) -> StartReport:
     """Call `lifecycle.start` for each bot at its phase (i * spread / n) from a pool.
 
     A start that cannot keep its phase runs as soon as a thread is free; the lag is
@@ -93,12 +115,14 @@ def start_paced(rt: Runtime, configs: Sequence[BotConfig], spread_s: float, thre
         for future in futures:
             if future.exception() is not None:
                 errors += 1
-    return StartReport("lifecycle", len(configs), time.time() - t0, errors,
-                       round(max(lags, default=0.0), 3))
+    return StartReport(
+        "lifecycle", len(configs), time.time() - t0, errors, round(max(lags, default=0.0), 3)
+    )
 
 
-def start_bulk(rt: Runtime, configs: Sequence[BotConfig], spread_s: float,
-               lead_s: float = 2.0) -> StartReport:
+def start_bulk(
+    rt: Runtime, configs: Sequence[BotConfig], spread_s: float, lead_s: float = 2.0
+) -> StartReport:
     """Write running bot rows and mirrors in batches and enqueue each slot 0.
 
     The same end state `lifecycle.start` leaves (generation 1, running, origin, mirror,
@@ -109,14 +133,24 @@ def start_bulk(rt: Runtime, configs: Sequence[BotConfig], spread_s: float,
     base = t0 + lead_s
     step = spread_s / max(len(configs), 1)
     for lo in range(0, len(configs), BULK_BATCH):
-        batch = configs[lo:lo + BULK_BATCH]
+        batch = configs[lo : lo + BULK_BATCH]
         now = utcnow()
-        rows = [{
-            "name": c.name, "config": c.model_dump(mode="json"), "config_hash": c.config_hash(),
-            "source": "benchmark", "status": BotStatus.RUNNING.value, "generation": 1,
-            "interval_s": c.check_interval, "origin": base + (lo + j) * step, "next_slot": 0,
-            "created_at": now, "updated_at": now,
-        } for j, c in enumerate(batch)]
+        rows = [
+            {
+                "name": c.name,
+                "config": c.model_dump(mode="json"),
+                "config_hash": c.config_hash(),
+                "source": "benchmark",
+                "status": BotStatus.RUNNING.value,
+                "generation": 1,
+                "interval_s": c.check_interval,
+                "origin": base + (lo + j) * step,
+                "next_slot": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for j, c in enumerate(batch)
+        ]
         with rt.db.begin() as conn:
             conn.execute(insert(Bot), rows)
         for row in rows:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis as redis_lib
+
 from engine.coordination import RedisCoordinator
 from engine.db import engine_for
 from engine.embedded import EmbeddedRedis, free_port
@@ -61,34 +63,71 @@ class ProcessGroup:
     procs: dict[str, Proc] = field(default_factory=dict)
     gone: list[Proc] = field(default_factory=list)  # stopped or killed, logs still wanted
 
-    def spawn(self, name: str, role: str, args: list[str], extra_env: dict[str, str] | None = None
-              ) -> Proc:
+    def spawn(
+        self, name: str, role: str, args: list[str], extra_env: dict[str, str] | None = None
+    ) -> Proc:
         """Start `args` with stdout and stderr appended to `<logdir>/<name>.log`."""
         log = self.logdir / f"{name}.log"
         env = {**self.env, **(extra_env or {})}
         with log.open("ab") as out:
-            popen = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out,
-                                     stderr=subprocess.STDOUT)
+            popen = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         proc = Proc(name, role, popen, log)
         self.procs[name] = proc
         return proc
 
-    def celery_worker(self, name: str, app: str, queues: str, pool: str, concurrency: int,
-                      log_level: str, role: str, extra_env: dict[str, str] | None = None
-                      ) -> Proc:
+    def celery_worker(
+        self,
+        name: str,
+        app: str,
+        queues: str,
+        pool: str,
+        concurrency: int,
+        log_level: str,
+        role: str,
+        extra_env: dict[str, str] | None = None,
+    ) -> Proc:
         """A Celery worker with the flags the engine's tests use (no gossip, mingle)."""
-        return self.spawn(name, role, [
-            str(BIN / "celery"), "-A", app, "worker", "-l", log_level, "-Q", queues,
-            "--pool", pool, "-c", str(concurrency), "-n", f"{name}@%h",
-            "--without-gossip", "--without-mingle", "--without-heartbeat",
-        ], extra_env)
+        return self.spawn(
+            name,
+            role,
+            [
+                str(BIN / "celery"),
+                "-A",
+                app,
+                "worker",
+                "-l",
+                log_level,
+                "-Q",
+                queues,
+                "--pool",
+                pool,
+                "-c",
+                str(concurrency),
+                "-n",
+                f"{name}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            extra_env,
+        )
 
     def beat(self, workdir: Path) -> Proc:
         """Celery beat: the reconciler's clock."""
-        return self.spawn("beat", "beat", [
-            str(BIN / "celery"), "-A", "engine.celery_app", "beat", "-l", "info",
-            "--schedule", str(workdir / "beat-schedule"),
-        ])
+        return self.spawn(
+            "beat",
+            "beat",
+            [
+                str(BIN / "celery"),
+                "-A",
+                "engine.celery_app",
+                "beat",
+                "-l",
+                "info",
+                "--schedule",
+                str(workdir / "beat-schedule"),
+            ],
+        )
 
     def by_role(self, role: str) -> list[Proc]:
         """Running processes of one role."""
@@ -126,6 +165,7 @@ class ProcessGroup:
 
     def wait_ready(self, procs: list[Proc], marker: str, timeout: float = 90.0) -> None:
         """Wait until each process wrote `marker` to its log (e.g. `worker.ready`)."""
+
         def ready() -> bool:
             for proc in procs:
                 if proc.popen.poll() is not None:
@@ -139,8 +179,12 @@ class ProcessGroup:
 def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
     """GET (or POST `body`) and decode JSON: the simulator's admin endpoints."""
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method="POST" if data else "GET",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method="POST" if data else "GET",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=timeout) as response:  # loopback only
         return json.loads(response.read())
 
@@ -150,7 +194,8 @@ class Stack:
     """Everything a run talks to; `env` is what engine processes are started with."""
 
     workdir: Path
-    redis: EmbeddedRedis
+    redis: EmbeddedRedis | None  # None: a given server (`--redis-url`), not ours to restart
+    redis_url: str
     sim_url: str
     db_url: str
     env: dict[str, str]
@@ -161,53 +206,97 @@ class Stack:
         return http_json(self.sim_url + path, body)
 
 
-def engine_env(redis_url: str, db_url: str, sim_url: str, log_level: str,
-               extra: dict[str, str] | None = None) -> dict[str, str]:
+def engine_env(
+    redis_url: str, db_url: str, sim_url: str, log_level: str, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """The environment engine processes (and this harness) run with."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env.update({
-        "REDIS_URL": redis_url,
-        "CELERY_BROKER_URL": redis_url,
-        "CELERY_RESULT_BACKEND": redis_url,
-        "DATABASE_URL": db_url,
-        "SIMULATOR_URL": sim_url,
-        "LOG_LEVEL": log_level,
-        "LOG_FORMAT": "json",
-        "PYTHONPATH": str(ROOT),
-        # A SIGKILLed worker must not take its last log lines (tick.started) with it.
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "CELERY_BROKER_URL": redis_url,
+            "CELERY_RESULT_BACKEND": redis_url,
+            "DATABASE_URL": db_url,
+            "SIMULATOR_URL": sim_url,
+            "LOG_LEVEL": log_level,
+            "LOG_FORMAT": "json",
+            "PYTHONPATH": str(ROOT),
+            # A SIGKILLed worker must not take its last log lines (tick.started) with it.
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     env.update(extra or {})
     return env
 
 
 @contextmanager
-def open_stack(*, latency_ms: float = 0.0, database_url: str | None = None,
-               log_level: str = "INFO", extra_env: dict[str, str] | None = None,
-               keep: bool = False, seed: int = 42) -> Iterator[Stack]:
+def open_stack(
+    *,
+    latency_ms: float = 0.0,
+    database_url: str | None = None,
+    log_level: str = "INFO",
+    extra_env: dict[str, str] | None = None,
+    keep: bool = False,
+    seed: int = 42,
+    redis_url: str | None = None,
+    sim_host: str = "127.0.0.1",
+    sim_port: int | None = None,
+) -> Iterator[Stack]:
     """Start Redis, the simulator and the database; stop and clean up on exit.
 
     The harness's own environment is pointed at the stack too, so `engine.settings`
-    and the Celery app it imports (for sending ticks) use the private Redis.
+    and the Celery app it imports (for sending ticks) use the private Redis. With
+    `redis_url` (workers on other machines need a reachable Redis) that server is used
+    instead; it must be a dedicated, empty database, because a run fills it.
     """
     workdir = Path(tempfile.mkdtemp(prefix="botengine-bench-"))
     (workdir / "logs").mkdir()
-    redis = EmbeddedRedis().start()
-    sim_port = free_port()
+    redis = None
+    if redis_url is None:
+        redis = EmbeddedRedis().start()
+        redis_url = redis.url
+    elif redis_lib.Redis.from_url(redis_url).dbsize() > 0:
+        raise RuntimeError(f"{redis_url} is not empty: give the benchmark a database of its own")
+    sim_port = sim_port or free_port()
     db_url = database_url or f"sqlite:///{workdir / 'bench.db'}"
-    env = engine_env(redis.url, db_url, f"http://127.0.0.1:{sim_port}", log_level, extra_env)
+    env = engine_env(redis_url, db_url, f"http://127.0.0.1:{sim_port}", log_level, extra_env)
     procs = ProcessGroup(env, workdir / "logs")
     try:
-        procs.spawn("simulator", "simulator", [
-            sys.executable, "-m", "benchmarks.simproc", "--port", str(sim_port),
-            "--latency-ms", str(latency_ms), "--seed", str(seed),
-        ])
-        stack = Stack(workdir, redis, f"http://127.0.0.1:{sim_port}", db_url, env, procs)
+        procs.spawn(
+            "simulator",
+            "simulator",
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.simproc",
+                "--host",
+                sim_host,
+                "--port",
+                str(sim_port),
+                "--latency-ms",
+                str(latency_ms),
+                "--seed",
+                str(seed),
+            ],
+        )
+        stack = Stack(workdir, redis, redis_url, f"http://127.0.0.1:{sim_port}", db_url, env, procs)
         if not wait_for(lambda: _healthy(stack), 30):
             raise RuntimeError(f"simulator did not start; see {workdir}/logs/simulator.log")
-        os.environ.update({k: env[k] for k in (
-            "REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "DATABASE_URL",
-            "SIMULATOR_URL", "LOG_LEVEL", "LOG_FORMAT", *(extra_env or {}))})
+        os.environ.update(
+            {
+                k: env[k]
+                for k in (
+                    "REDIS_URL",
+                    "CELERY_BROKER_URL",
+                    "CELERY_RESULT_BACKEND",
+                    "DATABASE_URL",
+                    "SIMULATOR_URL",
+                    "LOG_LEVEL",
+                    "LOG_FORMAT",
+                    *(extra_env or {}),
+                )
+            }
+        )
         from engine.db import migrate
         from engine.settings import get_settings
 
@@ -216,7 +305,8 @@ def open_stack(*, latency_ms: float = 0.0, database_url: str | None = None,
         yield stack
     finally:
         procs.stop_all()
-        redis.__exit__(None, None, None)  # stops the server and removes its directory
+        if redis is not None:
+            redis.__exit__(None, None, None)  # stops the server and removes its directory
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -228,9 +318,14 @@ def harness_runtime() -> Runtime:
 
     settings = get_settings()
     client = redis_client(settings.redis_url)
-    return Runtime(settings=settings, redis=client, db=engine_for(settings.database_url),
-                   coordinator=RedisCoordinator(client, claim_ttl(settings)),
-                   enqueue=celery_enqueue, worker_id=f"bench-harness:{os.getpid()}")
+    return Runtime(
+        settings=settings,
+        redis=client,
+        db=engine_for(settings.database_url),
+        coordinator=RedisCoordinator(client, claim_ttl(settings)),
+        enqueue=celery_enqueue,
+        worker_id=f"bench-harness:{os.getpid()}",
+    )
 
 
 def _healthy(stack: Stack) -> bool:

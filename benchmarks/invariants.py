@@ -32,26 +32,34 @@ class Check:
 def no_slot_twice(started: Counter[tuple[str, int, int]]) -> Check:
     """No (bot, generation, slot) logged `tick.started` twice, across every worker."""
     twice = {f"{b}:{g}:{s}": n for (b, g, s), n in started.items() if n > 1}
-    return Check("no_slot_ran_twice", not twice,
-                 {"slots_started": len(started), "ran_twice": dict(list(twice.items())[:20])})
+    return Check(
+        "no_slot_ran_twice",
+        not twice,
+        {"slots_started": len(started), "ran_twice": dict(list(twice.items())[:20])},
+    )
 
 
-def no_order_sent_twice(duplicate_rejections: int, exchange_ids: Sequence[str],
-                        db_ids: Sequence[str]) -> Check:
+def no_order_sent_twice(
+    duplicate_rejections: int, exchange_ids: Sequence[str], db_ids: Sequence[str]
+) -> Check:
     """No client order id reached the exchange twice, and each maps to one DB order."""
     on_exchange = Counter(exchange_ids)
     in_db = Counter(db_ids)
     repeated = [cid for cid, n in on_exchange.items() if n > 1]
     multi_db = [cid for cid in on_exchange if in_db[cid] > 1]
     ok = duplicate_rejections == 0 and not repeated and not multi_db
-    return Check("no_client_order_id_sent_twice", ok, {
-        "duplicate_rejections_at_exchange": duplicate_rejections,
-        "repeated_on_exchange": repeated[:20], "exchange_orders_with_2_db_rows": multi_db[:20],
-    })
+    return Check(
+        "no_client_order_id_sent_twice",
+        ok,
+        {
+            "duplicate_rejections_at_exchange": duplicate_rejections,
+            "repeated_on_exchange": repeated[:20],
+            "exchange_orders_with_2_db_rows": multi_db[:20],
+        },
+    )
 
 
-def db_matches_exchange(db_orders: Sequence[tuple[str, str]], exchange_ids: Sequence[str]
-                        ) -> Check:
+def db_matches_exchange(db_orders: Sequence[tuple[str, str]], exchange_ids: Sequence[str]) -> Check:
     """After a final reconciliation: non-rejected DB orders == exchange orders, and no
     order is left pending or unknown. `db_orders` is (client order id, status)."""
     sent = {cid for cid, status in db_orders if status != "rejected"}
@@ -60,15 +68,27 @@ def db_matches_exchange(db_orders: Sequence[tuple[str, str]], exchange_ids: Sequ
     only_db, only_exchange = sorted(sent - exchange), sorted(exchange - sent)
     ok = not only_db and not only_exchange and not unresolved
     statuses = Counter(status for _, status in db_orders)
-    return Check("db_orders_equal_exchange_orders", ok, {
-        "db_orders": len(db_orders), "db_statuses": dict(statuses),
-        "exchange_orders": len(exchange), "only_in_db": only_db[:20],
-        "only_on_exchange": only_exchange[:20], "unresolved": unresolved[:20],
-    })
+    return Check(
+        "db_orders_equal_exchange_orders",
+        ok,
+        {
+            "db_orders": len(db_orders),
+            "db_statuses": dict(statuses),
+            "exchange_orders": len(exchange),
+            "only_in_db": only_db[:20],
+            "only_on_exchange": only_exchange[:20],
+            "unresolved": unresolved[:20],
+        },
+    )
 
 
-def recovered_after_faults(faults: Sequence[tuple[str, float]], ticks: Sequence[TickRow],
-                           bots: Sequence[str], bound_s: float, stopped_at: float) -> Check:
+def recovered_after_faults(
+    faults: Sequence[tuple[str, float]],
+    ticks: Sequence[TickRow],
+    bots: Sequence[str],
+    bound_s: float,
+    stopped_at: float,
+) -> Check:
     """After each fault every bot started a tick again within `bound_s` seconds."""
     by_bot: dict[str, list[float]] = {b: [] for b in bots}
     for t in ticks:
@@ -86,22 +106,32 @@ def recovered_after_faults(faults: Sequence[tuple[str, float]], ticks: Sequence[
         late = sorted(b for b, w in waits.items() if w is None or w > bound_s)
         known = [w for w in waits.values() if w is not None]
         ok = ok and not late
-        results.append({"fault": kind, "at": round(at, 3),
-                        "all_resumed_after_s": round(max(known), 1) if known else None,
-                        "not_within_bound": late[:20]})
-    return Check("every_bot_ticked_again_within_bound", ok,
-                 {"bound_s": bound_s, "faults": results})
+        results.append(
+            {
+                "fault": kind,
+                "at": round(at, 3),
+                "all_resumed_after_s": round(max(known), 1) if known else None,
+                "not_within_bound": late[:20],
+            }
+        )
+    return Check("every_bot_ticked_again_within_bound", ok, {"bound_s": bound_s, "faults": results})
 
 
-def no_order_after_stop(exchange_orders: Sequence[dict[str, Any]], owner: dict[str, str],
-                        stopped_ms: dict[str, float]) -> Check:
+def no_order_after_stop(
+    exchange_orders: Sequence[dict[str, Any]], owner: dict[str, str], stopped_ms: dict[str, float]
+) -> Check:
     """No order reached the exchange after its bot's stop returned."""
     late = []
     for order in exchange_orders:
         bot = owner.get(order["clientOrderId"])
         if bot is not None and bot in stopped_ms and order["time"] > stopped_ms[bot]:
-            late.append({"clientOrderId": order["clientOrderId"], "bot": bot,
-                         "after_stop_ms": round(order["time"] - stopped_ms[bot], 1)})
+            late.append(
+                {
+                    "clientOrderId": order["clientOrderId"],
+                    "bot": bot,
+                    "after_stop_ms": round(order["time"] - stopped_ms[bot], 1),
+                }
+            )
     return Check("no_order_after_stop", not late, {"late_orders": late[:20]})
 
 

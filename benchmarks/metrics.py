@@ -58,12 +58,26 @@ def percentiles(values: Sequence[float], qs: Iterable[float] = (50, 95, 99)) -> 
 
 def engine_ticks(db: Engine, prefix: str) -> list[TickRow]:
     """Every recorded tick of the bots named `<prefix>-...`."""
-    query = select(Tick.bot, Tick.generation, Tick.slot, Tick.due_at, Tick.started_at,
-                   Tick.finished_at, Tick.outcome).where(Tick.bot.startswith(f"{prefix}-"))  # type: ignore[attr-defined]
+    query = select(
+        Tick.bot,
+        Tick.generation,
+        Tick.slot,
+        Tick.due_at,
+        Tick.started_at,
+        Tick.finished_at,
+        Tick.outcome,
+    ).where(Tick.bot.startswith(f"{prefix}-"))  # type: ignore[attr-defined]
     with db.connect() as conn:
         return [
-            TickRow(bot, gen, slot, due.timestamp(), started.timestamp(), finished.timestamp(),
-                    str(outcome))
+            TickRow(
+                bot,
+                gen,
+                slot,
+                due.timestamp(),
+                started.timestamp(),
+                finished.timestamp(),
+                str(outcome),
+            )
             for bot, gen, slot, due, started, finished, outcome in conn.execute(query)
         ]
 
@@ -153,8 +167,13 @@ class SlotFigures:
         return 100.0 * self.ticks_run / self.slots_expected if self.slots_expected else math.nan
 
 
-def slot_figures(rows: Sequence[TickRow], counts: Counter[tuple[str, int, int]],
-                 origins: dict[str, tuple[float, float]], t0: float, t1: float) -> SlotFigures:
+def slot_figures(
+    rows: Sequence[TickRow],
+    counts: Counter[tuple[str, int, int]],
+    origins: dict[str, tuple[float, float]],
+    t0: float,
+    t1: float,
+) -> SlotFigures:
     """Figures over the slots due within [t0, t1] (the window after start-up)."""
     inside = [r for r in rows if t0 <= r.due <= t1]
     ran = [r for r in inside if r.outcome != "skipped"]

@@ -19,8 +19,14 @@ from benchmarks.infra import Proc, Stack, harness_runtime
 from benchmarks.profiles import BenchProfile
 from benchmarks.sampler import Sampler
 
-BLOCKED_EVENTS = ("tick.duplicate", "tick.dropped", "tick.duplicate_record",
-                  "reconcile.advanced", "reconcile.restored", "bot.error")
+BLOCKED_EVENTS = (
+    "tick.duplicate",
+    "tick.dropped",
+    "tick.duplicate_record",
+    "reconcile.advanced",
+    "reconcile.restored",
+    "bot.error",
+)
 
 
 WARMUP_S = 5.0
@@ -58,11 +64,20 @@ def start_workers(stack: Stack, profile: BenchProfile, side: str) -> list[Proc]:
         app, queues, marker = "benchmarks.baseline_app", "baseline", " ready."
         env = {"BASELINE_LOG_DIR": str(baseline_dir(stack))}
     workers = [
-        stack.procs.celery_worker(f"{side}-w{i}", app, queues, spec.pool, spec.concurrency,
-                                  profile.log_level, f"{side}-worker", env)
+        stack.procs.celery_worker(
+            f"{side}-w{i}",
+            app,
+            queues,
+            spec.pool,
+            spec.concurrency,
+            profile.log_level,
+            f"{side}-worker",
+            env,
+        )
         for i in range(spec.workers)
     ]
-    stack.procs.wait_ready(workers, marker)
+    if workers:  # none: workers on other machines, started by the operator
+        stack.procs.wait_ready(workers, marker)
     return workers
 
 
@@ -85,8 +100,13 @@ def engine_main(stack: Stack, profile: BenchProfile, prefix: str) -> Window:
     report = _start(rt, configs, profile, profile.interval_s)
     # The window opens once every bot's first slot was due, plus a warm-up: first ticks
     # in a fresh worker load markets and parse configs, a cost paid once per process.
-    w0 = max(t_start + profile.interval_s + (2.0 if profile.start_mode == "bulk" else 0.0),
-             time.time()) + WARMUP_S
+    w0 = (
+        max(
+            t_start + profile.interval_s + (2.0 if profile.start_mode == "bulk" else 0.0),
+            time.time(),
+        )
+        + WARMUP_S
+    )
     w1 = w0 + profile.duration_s
     _sleep_until(w1 + tail_s(profile.interval_s))
     stop_s, _ = fleet.stop_all(rt, [c.name for c in configs], profile.start_threads)
@@ -112,26 +132,42 @@ def _start(rt: Any, configs: list[Any], profile: BenchProfile, spread: float) ->
         report = fleet.start_bulk(rt, configs, spread)
     else:
         report = fleet.start_paced(rt, configs, spread, profile.start_threads)
-    return {**asdict(report), "seconds": round(report.seconds, 2),
-            "per_second": round(report.per_second, 1)}
+    return {
+        **asdict(report),
+        "seconds": round(report.seconds, 2),
+        "per_second": round(report.per_second, 1),
+    }
 
 
-def engine_figures(stack: Stack, sampler: Sampler, profile: BenchProfile, prefix: str,
-                   main: Window, sat_prefix: str, sat: Window) -> dict[str, Any]:
+def engine_figures(
+    stack: Stack,
+    sampler: Sampler,
+    profile: BenchProfile,
+    prefix: str,
+    main: Window,
+    sat_prefix: str,
+    sat: Window,
+) -> dict[str, Any]:
     """The engine side's figures, read after its workers stopped (logs complete)."""
     from engine.db import engine_for
 
     db = engine_for(stack.db_url)
     logs = stack.procs.logs("engine-worker")
     rows = metrics.engine_ticks(db, prefix)
-    figures = metrics.slot_figures(rows, metrics.started_counts(logs, prefix),
-                                   metrics.engine_origins(db, prefix), main.w0, main.w1)
+    figures = metrics.slot_figures(
+        rows,
+        metrics.started_counts(logs, prefix),
+        metrics.engine_origins(db, prefix),
+        main.w0,
+        main.w1,
+    )
     sat_rows = metrics.engine_ticks(db, sat_prefix)
     sat_dups = metrics.started_counts(logs, sat_prefix)
     return _side(figures, rows, sampler, "engine-worker", main, profile) | {
         "exchange_requests_per_tick": round(main.requests / len(rows), 4) if rows else None,
-        "saturation": _saturation(sat_rows, sat, profile, sum(n - 1 for n in sat_dups.values()
-                                                              if n > 1)),
+        "saturation": _saturation(
+            sat_rows, sat, profile, sum(n - 1 for n in sat_dups.values() if n > 1)
+        ),
         "log_events": metrics.event_counts(logs, BLOCKED_EVENTS),
         "outcomes": _outcomes(rows),
     }
@@ -147,16 +183,16 @@ def _outcomes(rows: list[metrics.TickRow]) -> dict[str, int]:
 # -- baseline -----------------------------------------------------------------------
 
 
-def baseline_main(stack: Stack, profile: BenchProfile, prefix: str) -> tuple[Window, dict[str,
-                                                                             tuple[float, float]]]:
+def baseline_main(
+    stack: Stack, profile: BenchProfile, prefix: str
+) -> tuple[Window, dict[str, tuple[float, float]]]:
     """N baseline chains, phases spread over one interval, for the same window and tail."""
     interval = profile.interval_s
     t_start = time.time()
     lead = 2.0  # enqueueing N messages takes a moment; the first slot is due after it
     w0 = t_start + lead + interval + WARMUP_S
     w1 = w0 + profile.duration_s
-    origins = _launch_chains(prefix, profile.bots, interval, t_start + lead,
-                             w1 + tail_s(interval))
+    origins = _launch_chains(prefix, profile.bots, interval, t_start + lead, w1 + tail_s(interval))
     start = {"mode": "enqueue", "bots": profile.bots, "seconds": round(time.time() - t_start, 2)}
     _sleep_until(w1 + tail_s(interval) + 1.0)
     return Window(t_start, w0, w1, start), origins
@@ -168,14 +204,18 @@ def baseline_saturation(stack: Stack, profile: BenchProfile, prefix: str) -> Win
     w0 = t_start + 5.0
     w1 = w0 + profile.saturation_s
     _launch_chains(prefix, profile.saturation_bots, 1.0, t_start + 2.0, w1)
-    start = {"mode": "enqueue", "bots": profile.saturation_bots,
-             "seconds": round(time.time() - t_start, 2)}
+    start = {
+        "mode": "enqueue",
+        "bots": profile.saturation_bots,
+        "seconds": round(time.time() - t_start, 2),
+    }
     _sleep_until(w1 + 2.0)
     return Window(t_start, w0, w1, start)
 
 
-def _launch_chains(prefix: str, n: int, interval: float, first_due: float, end: float
-                   ) -> dict[str, tuple[float, float]]:
+def _launch_chains(
+    prefix: str, n: int, interval: float, first_due: float, end: float
+) -> dict[str, tuple[float, float]]:
     from benchmarks.baseline_app import enqueue
 
     origins = {}
@@ -186,9 +226,16 @@ def _launch_chains(prefix: str, n: int, interval: float, first_due: float, end: 
     return origins
 
 
-def baseline_figures(stack: Stack, sampler: Sampler, profile: BenchProfile, prefix: str,
-                     main: Window, origins: dict[str, tuple[float, float]], sat_prefix: str,
-                     sat: Window) -> dict[str, Any]:
+def baseline_figures(
+    stack: Stack,
+    sampler: Sampler,
+    profile: BenchProfile,
+    prefix: str,
+    main: Window,
+    origins: dict[str, tuple[float, float]],
+    sat_prefix: str,
+    sat: Window,
+) -> dict[str, Any]:
     """The baseline side's figures, from its record files."""
     all_rows, counts = metrics.baseline_ticks(baseline_dir(stack))
     rows = [r for r in all_rows if r.bot.startswith(f"{prefix}-")]
@@ -205,8 +252,14 @@ def baseline_figures(stack: Stack, sampler: Sampler, profile: BenchProfile, pref
 # -- shared -------------------------------------------------------------------------
 
 
-def _side(figures: metrics.SlotFigures, rows: list[metrics.TickRow], sampler: Sampler,
-          role: str, window: Window, profile: BenchProfile) -> dict[str, Any]:
+def _side(
+    figures: metrics.SlotFigures,
+    rows: list[metrics.TickRow],
+    sampler: Sampler,
+    role: str,
+    window: Window,
+    profile: BenchProfile,
+) -> dict[str, Any]:
     usage = sampler.window(window.w0, window.w1)
     rss = usage.peak_rss_mb.get(role, 0.0)
     return {
@@ -226,17 +279,26 @@ def _side(figures: metrics.SlotFigures, rows: list[metrics.TickRow], sampler: Sa
         "worker_rss_kb_per_bot": round(rss * 1024 / profile.bots, 1),
         "worker_cpu_cores": round(usage.cores(role), 3),
         "cpu_cores_by_role": {k: round(usage.cores(k), 3) for k in sorted(usage.cpu_s)},
+        "machine_busy_cores": usage.machine_busy_cores,
         "peak_rss_mb_by_role": usage.peak_rss_mb,
         "redis_used_memory_peak_mb": usage.redis_peak_mb,
-        "window": {"w0": round(window.w0, 3), "w1": round(window.w1, 3),
-                   "start": window.start, "stop_s": window.stop_s},
-        "series": [(round(r.due - window.w0, 3), round(r.lateness_ms, 1)) for r in rows
-                   if window.w0 <= r.due <= window.w1],
+        "window": {
+            "w0": round(window.w0, 3),
+            "w1": round(window.w1, 3),
+            "start": window.start,
+            "stop_s": window.stop_s,
+        },
+        "series": [
+            (round(r.due - window.w0, 3), round(r.lateness_ms, 1))
+            for r in rows
+            if window.w0 <= r.due <= window.w1
+        ],
     }
 
 
-def _saturation(rows: list[metrics.TickRow], window: Window, profile: BenchProfile,
-                duplicates: int) -> dict[str, Any]:
+def _saturation(
+    rows: list[metrics.TickRow], window: Window, profile: BenchProfile, duplicates: int
+) -> dict[str, Any]:
     per_s = metrics.throughput(rows, window.w0, window.w1)
     return {
         "bots": profile.saturation_bots,
@@ -249,5 +311,6 @@ def _saturation(rows: list[metrics.TickRow], window: Window, profile: BenchProfi
         "duplicates": duplicates,
         "start": window.start,
         "lateness_ms": metrics.percentiles(
-            [r.lateness_ms for r in rows if window.w0 <= r.started <= window.w1]),
+            [r.lateness_ms for r in rows if window.w0 <= r.started <= window.w1]
+        ),
     }

@@ -45,7 +45,8 @@ class BenchProfile:
         """A copy with the non-None fields of `changes` replaced (worker fields too)."""
         worker_fields = {f.name for f in fields(WorkerSpec)}
         worker = replace(
-            self.worker, **{k: v for k, v in changes.items() if k in worker_fields and v is not None}
+            self.worker,
+            **{k: v for k, v in changes.items() if k in worker_fields and v is not None},
         )
         rest = {k: v for k, v in changes.items() if k not in worker_fields and v is not None}
         return replace(self, worker=worker, **rest)
@@ -53,16 +54,32 @@ class BenchProfile:
 
 BENCH_PROFILES: dict[str, BenchProfile] = {
     # CI: small enough for a shared runner, big enough to show lateness and overhead.
-    "small": BenchProfile("small", bots=200, interval_s=2.0, duration_s=60.0,
-                          saturation_bots=1000, saturation_s=25.0),
+    "small": BenchProfile(
+        "small", bots=200, interval_s=2.0, duration_s=60.0, saturation_bots=1000, saturation_s=25.0
+    ),
     # The issue's targets: p99 lateness <= 250 ms / 500 ms, RSS <= 500 MB / 1 GB.
-    "10k": BenchProfile("10k", bots=10_000, interval_s=60.0, duration_s=300.0, latency_ms=50.0,
-                        saturation_bots=2000, saturation_s=40.0),
-    "20k": BenchProfile("20k", bots=20_000, interval_s=60.0, duration_s=300.0, latency_ms=50.0,
-                        saturation_bots=2000, saturation_s=40.0),
+    "10k": BenchProfile(
+        "10k",
+        bots=10_000,
+        interval_s=60.0,
+        duration_s=300.0,
+        latency_ms=50.0,
+        saturation_bots=2000,
+        saturation_s=40.0,
+    ),
+    "20k": BenchProfile(
+        "20k",
+        bots=20_000,
+        interval_s=60.0,
+        duration_s=300.0,
+        latency_ms=50.0,
+        saturation_bots=2000,
+        saturation_s=40.0,
+    ),
     # For tests/test_benchmarks.py: a minute of wall time end to end.
-    "tiny": BenchProfile("tiny", bots=20, interval_s=1.0, duration_s=15.0,
-                         saturation_bots=100, saturation_s=8.0),
+    "tiny": BenchProfile(
+        "tiny", bots=20, interval_s=1.0, duration_s=15.0, saturation_bots=100, saturation_s=8.0
+    ),
 }
 
 
@@ -90,17 +107,21 @@ class ChaosProfile:
         """A copy with the non-None fields of `changes` replaced (worker fields too)."""
         worker_fields = {f.name for f in fields(WorkerSpec)}
         worker = replace(
-            self.worker, **{k: v for k, v in changes.items() if k in worker_fields and v is not None}
+            self.worker,
+            **{k: v for k, v in changes.items() if k in worker_fields and v is not None},
         )
         rest = {k: v for k, v in changes.items() if k not in worker_fields and v is not None}
         return replace(self, worker=worker, **rest)
 
 
 CHAOS_PROFILES: dict[str, ChaosProfile] = {
-    "small": ChaosProfile("small", bots=30, interval_s=1.0, duration_s=90.0, kills=2,
-                          redis_restarts=1),
-    "tiny": ChaosProfile("tiny", bots=10, interval_s=1.0, duration_s=40.0, kills=1,
-                         redis_restarts=1),
-    "medium": ChaosProfile("medium", bots=300, interval_s=2.0, duration_s=180.0, kills=4,
-                           redis_restarts=2),
+    "small": ChaosProfile(
+        "small", bots=30, interval_s=1.0, duration_s=90.0, kills=2, redis_restarts=1
+    ),
+    "tiny": ChaosProfile(
+        "tiny", bots=10, interval_s=1.0, duration_s=40.0, kills=1, redis_restarts=1
+    ),
+    "medium": ChaosProfile(
+        "medium", bots=300, interval_s=2.0, duration_s=180.0, kills=4, redis_restarts=2
+    ),
 }

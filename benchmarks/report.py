@@ -32,14 +32,20 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
-def build(run_id: str, profile: BenchProfile, engine: dict[str, Any], baseline: dict[str, Any],
-          meta: dict[str, Any]) -> dict[str, Any]:
+def build(
+    run_id: str,
+    profile: BenchProfile,
+    engine: dict[str, Any],
+    baseline: dict[str, Any],
+    meta: dict[str, Any],
+) -> dict[str, Any]:
     """Assemble the result document (series are kept out: they go to the PNG)."""
     engine = {k: v for k, v in engine.items() if k != "series"}
     baseline = {k: v for k, v in baseline.items() if k != "series"}
     ratios = {
-        "throughput_at_saturation": _ratio(engine["saturation"]["ticks_per_s"],
-                                           baseline["saturation"]["ticks_per_s"]),
+        "throughput_at_saturation": _ratio(
+            engine["saturation"]["ticks_per_s"], baseline["saturation"]["ticks_per_s"]
+        ),
         "lateness_p50": _ratio(engine["lateness_ms"]["p50"], baseline["lateness_ms"]["p50"]),
         "lateness_p99": _ratio(engine["lateness_ms"]["p99"], baseline["lateness_ms"]["p99"]),
         "worker_rss": _ratio(engine["worker_rss_mb"], baseline["worker_rss_mb"]),
@@ -57,22 +63,30 @@ def build(run_id: str, profile: BenchProfile, engine: dict[str, Any], baseline: 
     }
 
 
-def check_targets(profile: str, engine: dict[str, Any], ratios: dict[str, Any]
-                  ) -> dict[str, dict[str, Any]]:
+def check_targets(
+    profile: str, engine: dict[str, Any], ratios: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
     """Each target with the value reached and whether it passed."""
     checks: dict[str, dict[str, Any]] = {
-        "no_duplicates": {"target": 0, "value": engine["duplicates"]
-                          + engine["saturation"]["duplicates"]},
-        "throughput_ratio": {"target": MIN_THROUGHPUT_RATIO,
-                             "value": ratios["throughput_at_saturation"]},
+        "no_duplicates": {
+            "target": 0,
+            "value": engine["duplicates"] + engine["saturation"]["duplicates"],
+        },
+        "throughput_ratio": {
+            "target": MIN_THROUGHPUT_RATIO,
+            "value": ratios["throughput_at_saturation"],
+        },
     }
     checks["no_duplicates"]["ok"] = checks["no_duplicates"]["value"] == 0
     value = checks["throughput_ratio"]["value"]
     checks["throughput_ratio"]["ok"] = value is not None and value >= MIN_THROUGHPUT_RATIO
     if profile in TARGETS:
         t = TARGETS[profile]
-        p99, pct, rss = engine["lateness_ms"]["p99"], engine["slots_run_pct"], engine[
-            "worker_rss_mb"]
+        p99, pct, rss = (
+            engine["lateness_ms"]["p99"],
+            engine["slots_run_pct"],
+            engine["worker_rss_mb"],
+        )
         checks["lateness_p99_ms"] = {"target": t["p99_ms"], "value": p99, "ok": p99 <= t["p99_ms"]}
         checks["slots_run_pct"] = {"target": t["run_pct"], "value": pct, "ok": pct >= t["run_pct"]}
         checks["worker_rss_mb"] = {"target": t["rss_mb"], "value": rss, "ok": rss <= t["rss_mb"]}
@@ -92,27 +106,40 @@ def markdown(result: dict[str, Any]) -> str:
     e, b = result, result["baseline"]
     s = result["settings"]
     rows: list[tuple[str, Any, Any]] = [
-        ("bots x interval", f"{e['bots']} x {e['interval_s']:g} s", f"{b['bots']} x "
-         f"{b['interval_s']:g} s"),
+        (
+            "bots x interval",
+            f"{e['bots']} x {e['interval_s']:g} s",
+            f"{b['bots']} x {b['interval_s']:g} s",
+        ),
         ("slots expected (window)", e["slots_expected"], b["slots_expected"]),
         ("ticks run", e["ticks_run"], b["ticks_run"]),
         ("slots run %", e["slots_run_pct"], b["slots_run_pct"]),
         ("missed", e["missed"], b["missed"]),
         ("duplicates", e["duplicates"], b["duplicates"]),
-        *[(f"lateness {k} ms", e["lateness_ms"][k], b["lateness_ms"][k])
-          for k in ("p50", "p95", "p99", "max")],
-        *[(f"tick duration {k} ms", e["tick_duration_ms"][k], b["tick_duration_ms"][k])
-          for k in ("p50", "p99")],
+        *[
+            (f"lateness {k} ms", e["lateness_ms"][k], b["lateness_ms"][k])
+            for k in ("p50", "p95", "p99", "max")
+        ],
+        *[
+            (f"tick duration {k} ms", e["tick_duration_ms"][k], b["tick_duration_ms"][k])
+            for k in ("p50", "p99")
+        ],
         ("ticks/s (window)", e["ticks_per_s"], b["ticks_per_s"]),
         ("ticks/s at saturation", e["saturation"]["ticks_per_s"], b["saturation"]["ticks_per_s"]),
         ("worker RSS peak MB", e["worker_rss_mb"], b["worker_rss_mb"]),
         ("worker RSS KB/bot", e["worker_rss_kb_per_bot"], b["worker_rss_kb_per_bot"]),
         ("worker CPU cores", e["worker_cpu_cores"], b["worker_cpu_cores"]),
-        ("Redis used_memory peak MB", e["redis_used_memory_peak_mb"],
-         b["redis_used_memory_peak_mb"]),
+        (
+            "Redis used_memory peak MB",
+            e["redis_used_memory_peak_mb"],
+            b["redis_used_memory_peak_mb"],
+        ),
         ("exchange requests/tick", e["exchange_requests_per_tick"], 0),
-        ("start (s, per s)", f"{e['window']['start']['seconds']} s, "
-         f"{e['window']['start'].get('per_second', '-')}/s", f"{b['window']['start']['seconds']} s"),
+        (
+            "start (s, per s)",
+            f"{e['window']['start']['seconds']} s, {e['window']['start'].get('per_second', '-')}/s",
+            f"{b['window']['start']['seconds']} s",
+        ),
         ("stop all (s)", e["window"]["stop_s"], "-"),
     ]
     lines = [
@@ -127,21 +154,35 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---:|---:|---:|",
     ]
     for name, ev, bv in rows:
-        ratio = _ratio(ev, bv) if isinstance(ev, int | float) and isinstance(bv, int | float) \
-            else None
+        ratio = (
+            _ratio(ev, bv) if isinstance(ev, int | float) and isinstance(bv, int | float) else None
+        )
         lines.append(f"| {name} | {_fmt(ev)} | {_fmt(bv)} | {_fmt(ratio)} |")
     lines += ["", "| target | value | goal | ok |", "|---|---:|---:|:-:|"]
     for name, check in result["targets"].items():
-        lines.append(f"| {name} | {_fmt(check['value'])} | {_fmt(check['target'])} | "
-                     f"{'yes' if check['ok'] else 'NO'} |")
-    cpu = e["cpu_cores_by_role"]
-    lines += ["", "CPU cores by process role (engine window): "
-              + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()), ""]
+        lines.append(
+            f"| {name} | {_fmt(check['value'])} | {_fmt(check['target'])} | "
+            f"{'yes' if check['ok'] else 'NO'} |"
+        )
+    cpu = {k: v for k, v in e["cpu_cores_by_role"].items() if v >= 0.005}
+    lines += [
+        "",
+        "CPU cores by process role (engine window): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+        + f"; whole machine busy {e['machine_busy_cores']:.2f} of "
+        f"{e['meta']['machine']['cpus']} cores"
+        " (databases and anything else running included).",
+        "",
+    ]
     return "\n".join(lines)
 
 
-def plot(path: Path, engine_series: list[tuple[float, float]],
-         baseline_series: list[tuple[float, float]], title: str) -> None:
+def plot(
+    path: Path,
+    engine_series: list[tuple[float, float]],
+    baseline_series: list[tuple[float, float]],
+    title: str,
+) -> None:
     """Lateness of every slot over the window, with a p99 line per 5 % of it."""
     import matplotlib
 
@@ -149,8 +190,10 @@ def plot(path: Path, engine_series: list[tuple[float, float]],
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(11, 5))
-    for series, label, color in ((baseline_series, "baseline", "tab:gray"),
-                                 (engine_series, "engine", "tab:blue")):
+    for series, label, color in (
+        (baseline_series, "baseline", "tab:gray"),
+        (engine_series, "engine", "tab:blue"),
+    ):
         if not series:
             continue
         xs, ys = zip(*series, strict=True)
@@ -181,15 +224,23 @@ def _p99_line(series: list[tuple[float, float]]) -> tuple[list[float], list[floa
     return xs, ys
 
 
-def write(result: dict[str, Any], engine_series: list[tuple[float, float]],
-          baseline_series: list[tuple[float, float]], outdir: Path = RESULTS) -> dict[str, Path]:
+def write(
+    result: dict[str, Any],
+    engine_series: list[tuple[float, float]],
+    baseline_series: list[tuple[float, float]],
+    outdir: Path = RESULTS,
+) -> dict[str, Path]:
     """Write `<run>.json`, `<run>.md` and `<run>.png`; returns their paths."""
     outdir.mkdir(parents=True, exist_ok=True)
     paths = {ext: outdir / f"{result['run']}.{ext}" for ext in ("json", "md", "png")}
     paths["json"].write_text(json.dumps(clean(result), indent=2, allow_nan=False) + "\n")
     paths["md"].write_text(markdown(result))
-    plot(paths["png"], engine_series, baseline_series,
-         f"lateness, {result['bots']} bots x {result['interval_s']:g} s ({result['run']})")
+    plot(
+        paths["png"],
+        engine_series,
+        baseline_series,
+        f"lateness, {result['bots']} bots x {result['interval_s']:g} s ({result['run']})",
+    )
     return paths
 
 
@@ -204,6 +255,15 @@ def clean(value: Any) -> Any:
     return value
 
 
+def _git(*args: str) -> str:
+    import subprocess
+
+    done = subprocess.run(
+        ["git", *args], cwd=RESULTS.parent.parent, capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip()
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     import os
@@ -212,6 +272,9 @@ def machine() -> dict[str, Any]:
     import psutil
 
     return {
+        "engine_commit": _git("rev-parse", "--short", "HEAD"),
+        # Other engineers edit the engine while runs happen: note uncommitted changes.
+        "engine_dirty": bool(_git("status", "--porcelain", "--", "engine", "strategies")),
         "cpus": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),

@@ -29,7 +29,9 @@ def parse_args(argv: list[str] | None) -> tuple[BenchProfile, argparse.Namespace
     """The profile named by `--profile`, with any flags given applied over it."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--profile", default="small", choices=sorted(BENCH_PROFILES))
-    parser.add_argument("--workers", type=int, help="worker processes")
+    parser.add_argument(
+        "--workers", type=int, help="worker processes (0: use workers started elsewhere)"
+    )
     parser.add_argument("--pool", choices=["threads", "prefork", "gevent", "solo"])
     parser.add_argument("--concurrency", type=int, help="pool size per worker process")
     parser.add_argument("--bots", type=int)
@@ -42,12 +44,30 @@ def parse_args(argv: list[str] | None) -> tuple[BenchProfile, argparse.Namespace
     parser.add_argument("--dca-every", type=int, help="DCA buys every N ticks")
     parser.add_argument("--database-url", help="default: SQLite in the run's temp dir")
     parser.add_argument("--skip-baseline", action="store_true", help="engine side only")
+    parser.add_argument("--redis-url", help="a dedicated, empty Redis db (default: embedded)")
+    parser.add_argument("--simulator-host", default="127.0.0.1", help="bind address")
+    parser.add_argument("--simulator-port", type=int, help="default: a free port")
     parser.add_argument("--keep", action="store_true", help="keep the run dir (logs, db)")
     parser.add_argument("--out", help="results directory (default benchmarks/results)")
     args = parser.parse_args(argv)
-    overrides = {k: getattr(args, k) for k in (
-        "workers", "pool", "concurrency", "bots", "interval_s", "duration_s", "latency_ms",
-        "saturation_bots", "saturation_s", "start_mode", "dca_every")}
+    if args.workers == 0 and not args.skip_baseline:
+        parser.error("--workers 0 (external workers) needs --skip-baseline")
+    overrides = {
+        k: getattr(args, k)
+        for k in (
+            "workers",
+            "pool",
+            "concurrency",
+            "bots",
+            "interval_s",
+            "duration_s",
+            "latency_ms",
+            "saturation_bots",
+            "saturation_s",
+            "start_mode",
+            "dca_every",
+        )
+    }
     return BENCH_PROFILES[args.profile].with_overrides(**overrides), args
 
 
@@ -65,11 +85,18 @@ def run(profile: BenchProfile, args: argparse.Namespace) -> dict[str, Any]:
     tag = secrets.token_hex(2)  # bot names unique per run, also in a reused database
     started = time.time()
     load_before = [round(x, 2) for x in os.getloadavg()]  # others' load skews the figures
-    with open_stack(latency_ms=profile.latency_ms, database_url=args.database_url,
-                    log_level=profile.log_level, keep=args.keep) as stack:
+    with open_stack(
+        latency_ms=profile.latency_ms,
+        database_url=args.database_url,
+        log_level=profile.log_level,
+        keep=args.keep,
+        redis_url=args.redis_url,
+        sim_host=args.simulator_host,
+        sim_port=args.simulator_port,
+    ) as stack:
         quiet_harness_logs()
         print(f"[bench] {run_id}: run dir {stack.workdir}", file=sys.stderr)
-        sampler = Sampler(stack.procs, stack.redis.url).start()
+        sampler = Sampler(stack.procs, stack.redis_url).start()
         baseline: dict[str, Any] = {}
         if not args.skip_baseline:
             workers = phases.start_workers(stack, profile, "baseline")
@@ -78,10 +105,11 @@ def run(profile: BenchProfile, args: argparse.Namespace) -> dict[str, Any]:
             _say("baseline saturation phase")
             b_sat = phases.baseline_saturation(stack, profile, f"c{tag}")
             stack.procs.stop([w.name for w in workers])
-            baseline = phases.baseline_figures(stack, sampler, profile, f"b{tag}", b_main,
-                                               origins, f"c{tag}", b_sat)
-            # Our private server: the engine side starts from an empty Redis.
-            redis.Redis.from_url(stack.redis.url).flushall()
+            baseline = phases.baseline_figures(
+                stack, sampler, profile, f"b{tag}", b_main, origins, f"c{tag}", b_sat
+            )
+            if stack.redis is not None:  # our private server: the engine starts on empty
+                redis.Redis.from_url(stack.redis_url).flushall()
         workers = phases.start_workers(stack, profile, "engine")
         beat = stack.procs.beat(stack.workdir)
         _say("engine main phase")
@@ -89,15 +117,17 @@ def run(profile: BenchProfile, args: argparse.Namespace) -> dict[str, Any]:
         _say("engine saturation phase")
         e_sat = phases.engine_saturation(stack, profile, f"s{tag}")
         stack.procs.stop([w.name for w in workers] + [beat.name])
-        engine = phases.engine_figures(stack, sampler, profile, f"e{tag}", e_main, f"s{tag}",
-                                       e_sat)
+        engine = phases.engine_figures(stack, sampler, profile, f"e{tag}", e_main, f"s{tag}", e_sat)
         sampler.stop()
     if not baseline:
         baseline = _empty_like(engine)
-    meta = {"machine": report.machine(), "loadavg_before": load_before,
-            "wall_s": round(time.time() - started, 1),
-            "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
-            "database": "sqlite (temp)" if not args.database_url else "given --database-url"}
+    meta = {
+        "machine": report.machine(),
+        "loadavg_before": load_before,
+        "wall_s": round(time.time() - started, 1),
+        "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
+        "database": "sqlite (temp)" if not args.database_url else "given --database-url",
+    }
     result = report.build(run_id, profile, engine, baseline, meta)
     result["_series"] = (engine.get("series", []), baseline.get("series", []))
     return result
@@ -105,10 +135,15 @@ def run(profile: BenchProfile, args: argparse.Namespace) -> dict[str, Any]:
 
 def _empty_like(engine: dict[str, Any]) -> dict[str, Any]:
     nan = float("nan")
-    return {**{k: None for k in engine}, "lateness_ms": dict.fromkeys(engine["lateness_ms"], nan),
-            "tick_duration_ms": dict.fromkeys(engine["tick_duration_ms"], nan),
-            "saturation": {"ticks_per_s": None, "duplicates": 0},
-            "window": {"start": {"seconds": None}}, "bots": 0, "interval_s": 0.0}
+    return {
+        **{k: None for k in engine},
+        "lateness_ms": dict.fromkeys(engine["lateness_ms"], nan),
+        "tick_duration_ms": dict.fromkeys(engine["tick_duration_ms"], nan),
+        "saturation": {"ticks_per_s": None, "duplicates": 0},
+        "window": {"start": {"seconds": None}},
+        "bots": 0,
+        "interval_s": 0.0,
+    }
 
 
 def _say(message: str) -> None:

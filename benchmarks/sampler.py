@@ -27,6 +27,7 @@ class Sample:
     rss: dict[str, int]
     cpu: dict[str, float]
     redis_used: int
+    machine_busy: float  # CPU seconds the whole machine spent busy so far (all processes)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class WindowUsage:
     peak_rss_mb: dict[str, float]
     cpu_s: dict[str, float]
     redis_peak_mb: float
+    machine_busy_cores: float = 0.0  # everything on the machine, others' work included
 
     def cores(self, role: str) -> float:
         """Average cores a role used over the window."""
@@ -118,7 +120,9 @@ class Sampler:
         cpu: dict[str, float] = {}
         for role, seconds in self._cpu_by_pid.values():
             cpu[role] = cpu.get(role, 0.0) + seconds
-        return Sample(time.time(), rss, cpu, redis_used)
+        total = psutil.cpu_times()
+        busy = sum(total) - total.idle - getattr(total, "iowait", 0.0)
+        return Sample(time.time(), rss, cpu, redis_used, busy)
 
     def window(self, t0: float, t1: float) -> WindowUsage:
         """Peak RSS, CPU seconds and peak Redis memory between two wall-clock times."""
@@ -136,5 +140,12 @@ class Sampler:
                 peak[role] = max(peak.get(role, 0.0), value / 2**20)
         cpu = {role: last.cpu[role] - first.cpu.get(role, 0.0) for role in last.cpu}
         redis_peak = max(s.redis_used for s in inside) / 2**20
-        return WindowUsage(last.t - first.t, {k: round(v, 1) for k, v in peak.items()},
-                           {k: round(v, 2) for k, v in cpu.items()}, round(redis_peak, 1))
+        seconds = last.t - first.t
+        machine = (last.machine_busy - first.machine_busy) / seconds if seconds > 0 else 0.0
+        return WindowUsage(
+            seconds,
+            {k: round(v, 1) for k, v in peak.items()},
+            {k: round(v, 2) for k, v in cpu.items()},
+            round(redis_peak, 1),
+            round(machine, 2),
+        )

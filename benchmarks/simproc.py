@@ -58,6 +58,7 @@ async def bench_stats(request: web.Request) -> web.StreamResponse:
 def main(argv: list[str] | None = None) -> None:
     """Serve until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 for remote workers")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=42)
@@ -67,14 +68,19 @@ def main(argv: list[str] | None = None) -> None:
     config = SimulatorConfig(
         seed=args.seed,
         latency_ms=args.latency_ms,
-        balances={"USDT": "1000000000", "BTC": "1000", "ETH": "10000", "SOL": "100000",
-                  "BNB": "100000"},
+        balances={
+            "USDT": "1000000000",
+            "BTC": "1000",
+            "ETH": "10000",
+            "SOL": "100000",
+            "BNB": "100000",
+        },
     )
     app = create_app(Simulator(config))
     app.router.add_route("GET", "/_sim/bench", bench_stats)
     web.run_app(
         app,
-        host="127.0.0.1",
+        host=args.host,
         port=args.port,
         access_log=None,
         shutdown_timeout=0.5,

@@ -12,9 +12,11 @@ from typing import Any, cast
 from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
+from engine import orders
 from engine.config import BotConfig
 from engine.coordination import PARKED, SCHEDULE
 from engine.db import session_scope
+from engine.errors import BotEngineError
 from engine.exchange.factory import data_gateway
 from engine.logging import get_logger
 from engine.models import Bot, BotStatus, PriceSnapshot, Tick, utcnow
@@ -71,6 +73,34 @@ def price_check(
             }
         )
     return prices
+
+
+def reconcile_orders(rt: Runtime) -> dict[str, int]:
+    """Settle every bot's open and unknown orders against its exchange (at worker start).
+
+    A bot whose tick holds its lock right now is skipped: that tick reconciles first.
+    """
+    report = {"bots": 0, "changed": 0, "skipped": 0, "failed": 0}
+    for name in orders.bots_with_live_orders(rt.db):
+        with rt.coordinator.lock(name, ttl=rt.settings.tick_time_limit_s, wait=0) as mine:
+            if not mine:
+                report["skipped"] += 1
+                continue
+            with Session(rt.db) as session:
+                row = session.get(Bot, name)
+            if row is None:
+                continue
+            try:
+                gateway = rt.gateway(BotConfig.model_validate(row.config))
+                report["changed"] += orders.reconcile(
+                    rt.db, name, gateway, grace_s=rt.settings.reconcile_grace_s
+                )
+                report["bots"] += 1
+            except BotEngineError as exc:
+                report["failed"] += 1
+                log.warning("maintenance.reconcile_orders_failed", bot=name, error=str(exc))
+    log.info("maintenance.reconcile_orders", **report)
+    return report
 
 
 def price_snapshot(rt: Runtime) -> int:

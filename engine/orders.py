@@ -301,6 +301,13 @@ def reconcile(db: Engine, bot: str, gateway: Gateway, *, grace_s: float = RECONC
     return changed
 
 
+def bots_with_live_orders(db: Engine) -> list[str]:
+    """Bots that have orders pending, unknown or open (to settle at worker start)."""
+    with Session(db) as session:
+        query = select(Order.bot).where(col(Order.status).in_([s.value for s in _LIVE]))
+        return sorted(set(session.exec(query.distinct())))
+
+
 def _reconcile_row(
     db: Engine, gateway: Gateway, row: Order, report: OrderReport | None, grace_s: float
 ) -> int:

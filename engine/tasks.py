@@ -38,11 +38,25 @@ def reconcile() -> dict[str, int]:
     return report
 
 
-@signals.worker_ready.connect
+@app.task(name="engine.reconcile_orders", ignore_result=True)
+def reconcile_orders() -> dict[str, int]:
+    """Settle open and unknown orders of every bot against its exchange (worker start)."""
+    from engine import maintenance
+
+    return maintenance.reconcile_orders(get_runtime())
+
+
 @signals.worker_process_init.connect
-def _on_worker_start(**_: Any) -> None:
+def _on_process_start(**_: Any) -> None:
     """Start this process's heartbeat, so the reconciler can tell it is alive."""
     start_heartbeat(get_runtime())
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(**_: Any) -> None:
+    """Heartbeat, and settle orders a crashed predecessor may have left open or unknown."""
+    start_heartbeat(get_runtime())
+    reconcile_orders.delay()
 
 
 @app.task(name="engine.price_check")

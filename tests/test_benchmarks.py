@@ -19,21 +19,40 @@ from tests.support import ROOT, python_env
 pytestmark = pytest.mark.slow
 
 BENCH_KEYS = (
-    "profile", "bots", "interval_s", "duration_s", "slots_expected", "ticks_run",
-    "duplicates", "missed", "lateness_ms", "worker_rss_mb", "exchange_requests_per_tick",
+    "profile",
+    "bots",
+    "interval_s",
+    "duration_s",
+    "slots_expected",
+    "ticks_run",
+    "duplicates",
+    "missed",
+    "lateness_ms",
+    "worker_rss_mb",
+    "exchange_requests_per_tick",
 )
 
 
 def _run(module: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=python_env(),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=python_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def test_bench_tiny_reports_every_field_for_engine_and_baseline(tmp_path: Path) -> None:
     # Given the tiny profile (20 bots at 1 s for 15 s, a small saturation phase)
     # When the benchmark runs
-    done = _run("benchmarks.run", ["--profile", "tiny", "--saturation-s", "5",
-                                   "--out", str(tmp_path)], timeout=240)
+    done = _run(
+        "benchmarks.run",
+        ["--profile", "tiny", "--saturation-s", "5", "--out", str(tmp_path)],
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     # Then it wrote JSON, Markdown and a PNG
     [result_path] = list(tmp_path.glob("tiny-*.json"))
@@ -46,8 +65,7 @@ def test_bench_tiny_reports_every_field_for_engine_and_baseline(tmp_path: Path) 
             assert key in side, key
         assert set(side["lateness_ms"]) >= {"p50", "p95", "p99", "max"}
         assert side["slots_expected"] > 0
-        assert side["ticks_run"] + side["missed"] + side["ticks_skipped"] >= side[
-            "slots_expected"]
+        assert side["ticks_run"] + side["missed"] + side["ticks_skipped"] >= side["slots_expected"]
     assert result["profile"] == "tiny"
     assert result["duplicates"] == 0
     assert result["worker_rss_mb"] > 0
@@ -57,8 +75,7 @@ def test_bench_tiny_reports_every_field_for_engine_and_baseline(tmp_path: Path) 
 def test_chaos_tiny_keeps_every_invariant(tmp_path: Path) -> None:
     # Given 10 bots at 1 s for 40 s, half of them live on the simulator
     # When a worker is SIGKILLed and Redis restarts empty, amid exchange faults
-    done = _run("benchmarks.chaos", ["--profile", "tiny", "--out", str(tmp_path)],
-                timeout=240)
+    done = _run("benchmarks.chaos", ["--profile", "tiny", "--out", str(tmp_path)], timeout=240)
     # Then every invariant held (exit 0) and the report says which faults happened
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
     [result_path] = list(tmp_path.glob("chaos-tiny-*.json"))

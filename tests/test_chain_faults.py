@@ -84,3 +84,41 @@ def test_long_interval_slots_are_parked_and_dispatched_by_the_reconciler(
     second = engine.ticks("slow")[1]
     assert second.slot == 1
     assert second.lateness_ms < 2000
+
+
+def test_worker_start_settles_orders_a_crash_left_unknown(engine: Engine, simulator: Any) -> None:
+    from engine.db import session_scope
+    from engine.exchange.simulator import make_ccxt_client
+    from engine.models import Order
+
+    # Given a live bot (stopped) whose last order reached the exchange, but whose worker
+    # died before recording the answer: the row says `unknown`
+    config = bot_config("crashed", extra="mode: live\n")
+    lifecycle.start(engine.rt, config)
+    lifecycle.stop(engine.rt, "crashed")
+    cid = "be-crashed-9-9-0"
+    make_ccxt_client(simulator.url).create_order(
+        "BTC/USDT", "market", "buy", 0.001, params={"newClientOrderId": cid}
+    )
+    with session_scope(engine.rt.db) as session:
+        session.add(
+            Order(
+                client_order_id=cid,
+                bot="crashed",
+                generation=9,
+                slot=9,
+                intent_index=0,
+                exchange="simulator",
+                symbol="BTC/USDT",
+                side="buy",
+                type="market",
+                amount=0.001,
+                status="unknown",
+            )
+        )
+    # When a worker starts
+    engine.procs.worker("w1")
+    # Then the order is looked up by its client id and recorded as filled, never resent
+    assert wait_for(lambda: engine.orders("crashed")[0].status == "closed", 20)
+    assert engine.orders("crashed")[0].filled == 0.001
+    assert len(simulator.orders(client_order_id=cid)) == 1

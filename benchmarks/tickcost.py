@@ -1,0 +1,173 @@
+"""`python -m benchmarks.tickcost`: what one tick costs, in-process, without Celery.
+
+Runs `engine.tick.run_tick` directly for B bots x R rounds on a private stack (Redis,
+simulator, SQLite or `--database-url`) and reports per tick: CPU and wall time, SQL
+statements and commits, Redis commands, successor messages sent, and where the CPU
+went (self time by library, from cProfile). When a benchmark misses its target this
+says which part of the tick to make cheaper; the Celery overhead is what the baseline
+measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+from typing import Any
+
+import redis
+from sqlalchemy import event
+
+from benchmarks import fleet
+from benchmarks.infra import harness_runtime, open_stack
+from engine import lifecycle
+
+# Where a function's own time is booked, by a fragment of its file path (first match).
+LIBRARIES = (
+    ("sqlalchemy", "sqlalchemy"),
+    ("sqlmodel", "sqlalchemy"),
+    ("sqlite3", "sqlite (driver)"),
+    ("psycopg", "postgres (driver)"),
+    ("redis/", "redis-py"),
+    ("kombu", "celery/kombu"),
+    ("celery", "celery/kombu"),
+    ("structlog", "logging"),
+    ("logging/", "logging"),
+    ("pydantic", "pydantic"),
+    ("ccxt", "ccxt"),
+    ("/engine/", "engine"),
+    ("/strategies/", "strategies"),
+    ("socket", "sockets"),
+    ("select", "sockets"),
+    ("json", "json"),
+)
+
+
+class Counters:
+    """SQL statements, commits and Redis commands, counted by hooks."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def install(self, db: Any) -> None:
+        """Hook the SQLAlchemy engine and every redis-py client in this process."""
+        event.listen(db, "before_cursor_execute", lambda *a: self._add("sql_statements"))
+        event.listen(db, "commit", lambda *a: self._add("sql_commits"))
+        original = redis.Redis.execute_command
+        pipeline = redis.client.Pipeline.execute
+
+        def execute_command(client: Any, *args: Any, **kwargs: Any) -> Any:
+            self._add("redis_commands")
+            return original(client, *args, **kwargs)
+
+        def execute(pipe: Any, *args: Any, **kwargs: Any) -> Any:
+            self._add("redis_pipelines")
+            return pipeline(pipe, *args, **kwargs)
+
+        redis.Redis.execute_command = execute_command  # type: ignore[method-assign]
+        redis.client.Pipeline.execute = execute  # type: ignore[method-assign]
+
+    def _add(self, key: str) -> None:
+        self.counts[key] += 1
+
+
+def library_of(filename: str, function: str) -> str:
+    """The library a function belongs to (see LIBRARIES); C built-ins (file `~`) by
+    their name, e.g. `<method 'execute' of 'sqlite3.Cursor' objects>`."""
+    where = function if filename == "~" else filename
+    for fragment, library in LIBRARIES:
+        if fragment in where:
+            return library
+    return "builtins" if filename == "~" else "other (stdlib)"
+
+
+def self_time_by_library(profile: cProfile.Profile) -> dict[str, float]:
+    """Seconds of own (not cumulative) time per library."""
+    stats = pstats.Stats(profile)
+    totals: Counter[str] = Counter()
+    for (filename, _, function), (_, _, tottime, _, _) in stats.stats.items():  # type: ignore[attr-defined]
+        totals[library_of(filename, function)] += tottime
+    return dict(totals.most_common())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print the cost of one tick."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tickcost", description=__doc__)
+    parser.add_argument("--bots", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--dca-every", type=int, default=10)
+    parser.add_argument("--database-url")
+    parser.add_argument("--top", type=int, default=25, help="functions to list")
+    args = parser.parse_args(argv)
+    with open_stack(database_url=args.database_url) as stack:
+        from engine.logging import configure_logging
+        from engine.tick import run_tick
+
+        # The tick logs at INFO as in a worker; the lines go nowhere, their cost stays.
+        configure_logging("INFO", "json", stream=io.StringIO())
+        base = harness_runtime()
+        sent: list[int] = []
+
+        def enqueue(bot: str, generation: int, slot: int, due: float) -> None:
+            # Sent for real (its cost is part of a tick), but no worker runs it: this
+            # process calls every slot itself.
+            sent.append(1)
+            base.enqueue(bot, generation, slot, due)
+
+        rt = replace(base, enqueue=enqueue)
+        # 5 s: successors stay inside the ETA horizon (sent, not parked) for 2 x 25 rounds.
+        configs = fleet.fleet("t", args.bots, 5.0, dca_every=args.dca_every)
+        for config in configs:
+            lifecycle.start(rt, config)
+        generation = {c.name: 1 for c in configs}
+
+        def one_round() -> None:
+            for config in configs:
+                mirror = rt.coordinator.mirror(config.name)  # type: ignore[attr-defined]
+                run_tick(rt, config.name, generation[config.name], mirror.next_slot)
+
+        one_round()  # warm: markets loaded, configs parsed, connections open
+        counters = Counters()
+        counters.install(rt.db)
+        sent.clear()
+        # First without the profiler (true times), then again under it (shares).
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(args.rounds):
+            one_round()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        ticks = args.bots * args.rounds
+        print(
+            f"tick cost over {ticks} ticks ({args.bots} bots x {args.rounds} rounds, "
+            f"DCA every {args.dca_every}, db {stack.db_url.split(':')[0]}), one thread:"
+        )
+        print(f"  wall {1000 * wall / ticks:.2f} ms/tick, CPU {1000 * cpu / ticks:.2f} ms/tick")
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(args.rounds):
+            one_round()
+        profile.disable()
+        ticks *= 2  # the counters saw both passes
+        for key, value in sorted(counters.counts.items()):
+            # Pipelines and the claim/lock scripts are one round trip each.
+            print(f"  {key}: {value / ticks:.2f}/tick")
+        print(f"  successor messages: {len(sent) / ticks:.2f}/tick")
+        by_lib = self_time_by_library(profile)
+        total = sum(by_lib.values()) or 1.0
+        print("  own CPU time by library:")
+        for library, seconds in by_lib.items():
+            print(f"    {library:20s} {100 * seconds / total:5.1f} %")
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(
+            r"engine|strategies", args.top
+        )
+        print(out.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
