@@ -78,6 +78,18 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run `sqlite_only` tests once: their behaviour does not depend on the database, and
+    each costs tens of seconds of real workers (the suite must stay under ~10 minutes)."""
+    keep = []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_postgres = params is not None and params.params.get("db_url") == "postgres"
+        if not (on_postgres and item.get_closest_marker("sqlite_only")):
+            keep.append(item)
+    items[:] = keep
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Release the claimed Redis db (flush only ours) or stop the embedded server."""
     if _embedded is not None:

@@ -67,6 +67,7 @@ def test_twenty_bots_every_slot_runs_exactly_once(engine: Engine) -> None:
     assert total_missed <= len(names) * 2
 
 
+@pytest.mark.sqlite_only
 def test_double_start_sequential_and_concurrent_yields_one_chain(engine: Engine) -> None:
     engine.procs.worker("w1")
     config = bot_config("twice", interval="1s")
@@ -96,6 +97,7 @@ def test_double_start_sequential_and_concurrent_yields_one_chain(engine: Engine)
     assert len(slots) >= 4
 
 
+@pytest.mark.sqlite_only
 def test_concurrent_first_starts_of_a_new_bot_yield_one_chain(engine: Engine) -> None:
     engine.procs.worker("w1")
     config = bot_config("racer", interval="1s")
@@ -209,6 +211,7 @@ def test_redis_flushed_every_running_bot_resumes(engine: Engine) -> None:
     _assert_exactly_once(engine, ["w1"], names)
 
 
+@pytest.mark.sqlite_only
 def test_raising_strategy_keeps_the_chain_then_errors_after_n_failures(engine: Engine) -> None:
     engine.procs.worker("w1")
     # Given a bot whose strategy raises on every tick (MAX_CONSECUTIVE_FAILURES=3)
@@ -227,6 +230,7 @@ def test_raising_strategy_keeps_the_chain_then_errors_after_n_failures(engine: E
     assert len(engine.ticks("raiser")) == 3
 
 
+@pytest.mark.sqlite_only
 def test_flaky_strategy_failures_do_not_break_the_chain(engine: Engine) -> None:
     engine.procs.worker("w1")
     lifecycle.start(
@@ -241,6 +245,7 @@ def test_flaky_strategy_failures_do_not_break_the_chain(engine: Engine) -> None:
     assert engine.bot("flaky").status == BotStatus.STOPPED
 
 
+@pytest.mark.sqlite_only
 def test_custom_strategy_runs_on_paper_and_in_backtest_unchanged(
     engine: Engine, tmp_path: Path
 ) -> None:

@@ -15,6 +15,7 @@ from tests.support import wait_for
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.sqlite_only
 def test_418_pauses_every_bot_on_the_exchange_with_one_log_line_then_resumes(
     engine: Engine, simulator: Any
 ) -> None:
@@ -62,6 +63,7 @@ def test_418_pauses_every_bot_on_the_exchange_with_one_log_line_then_resumes(
     assert len(bans) == 1
 
 
+@pytest.mark.sqlite_only
 def test_long_interval_slots_are_parked_and_dispatched_by_the_reconciler(
     engine: Engine,
 ) -> None:

@@ -53,6 +53,7 @@ def test_start_status_ticks_stop_through_the_cli(engine: Engine, tmp_path: Path)
     assert "unchanged" in _cli(engine.env, "stop-bot", "cli-bot").stdout
 
 
+@pytest.mark.sqlite_only
 def test_cli_errors_are_one_clear_line(engine: Engine, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(bot_yaml("bad", interval="0s"))
