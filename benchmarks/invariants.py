@@ -89,10 +89,14 @@ def recovered_after_faults(
     bound_s: float,
     stopped_at: float,
 ) -> Check:
-    """After each fault every bot started a tick again within `bound_s` seconds."""
+    """After each fault every bot ran a tick again within `bound_s` seconds.
+
+    A `skipped` tick (claimed, but the bot's lock was still held) does not count: it
+    did not trade, and a dead worker's lock is exactly what can keep a bot skipping.
+    """
     by_bot: dict[str, list[float]] = {b: [] for b in bots}
     for t in ticks:
-        if t.bot in by_bot:
+        if t.bot in by_bot and t.outcome != "skipped":
             by_bot[t.bot].append(t.started)
     for starts in by_bot.values():
         starts.sort()

@@ -277,6 +277,8 @@ def _side(
         "ticks_per_s": figures.ticks_per_s,
         "worker_rss_mb": rss,
         "worker_rss_kb_per_bot": round(rss * 1024 / profile.bots, 1),
+        # RSS counts pages a prefork pool shares after fork once per child; PSS does not.
+        "worker_pss_mb": usage.peak_pss_mb.get(role, 0.0),
         "worker_cpu_cores": round(usage.cores(role), 3),
         "cpu_cores_by_role": {k: round(usage.cores(k), 3) for k in sorted(usage.cpu_s)},
         "machine_busy_cores": usage.machine_busy_cores,

@@ -128,6 +128,7 @@ def markdown(result: dict[str, Any]) -> str:
         ("ticks/s at saturation", e["saturation"]["ticks_per_s"], b["saturation"]["ticks_per_s"]),
         ("worker RSS peak MB", e["worker_rss_mb"], b["worker_rss_mb"]),
         ("worker RSS KB/bot", e["worker_rss_kb_per_bot"], b["worker_rss_kb_per_bot"]),
+        ("worker PSS peak MB", e["worker_pss_mb"], b["worker_pss_mb"]),
         ("worker CPU cores", e["worker_cpu_cores"], b["worker_cpu_cores"]),
         (
             "Redis used_memory peak MB",

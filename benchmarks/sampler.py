@@ -25,6 +25,7 @@ class Sample:
 
     t: float
     rss: dict[str, int]
+    pss: dict[str, int]  # proportional: pages shared after a fork (prefork) count once
     cpu: dict[str, float]
     redis_used: int
     machine_busy: float  # CPU seconds the whole machine spent busy so far (all processes)
@@ -36,6 +37,7 @@ class WindowUsage:
 
     seconds: float
     peak_rss_mb: dict[str, float]
+    peak_pss_mb: dict[str, float]
     cpu_s: dict[str, float]
     redis_peak_mb: float
     machine_busy_cores: float = 0.0  # everything on the machine, others' work included
@@ -86,6 +88,7 @@ class Sampler:
     def sample(self, client: redis.Redis) -> Sample:
         """Read every role's processes, the harness itself, and Redis."""
         rss: dict[str, int] = {}
+        pss: dict[str, int] = {}
         roles = [(p.role, p.popen.pid) for p in list(self.procs.procs.values())]
         redis_used, redis_pid = 0, None
         try:
@@ -105,11 +108,12 @@ class Sampler:
             for proc in tree:
                 try:
                     with proc.oneshot():
-                        mem = proc.memory_info().rss
+                        full = proc.memory_full_info()
                         times = proc.cpu_times()
                 except psutil.Error:
                     continue
-                rss[role] = rss.get(role, 0) + mem
+                rss[role] = rss.get(role, 0) + full.rss
+                pss[role] = pss.get(role, 0) + getattr(full, "pss", full.rss)
                 self._cpu_by_pid[proc.pid] = (role, times.user + times.system)
         # The harness alone: its children are the roles above.
         harness = self._handle(psutil.Process().pid)
@@ -122,7 +126,7 @@ class Sampler:
             cpu[role] = cpu.get(role, 0.0) + seconds
         total = psutil.cpu_times()
         busy = sum(total) - total.idle - getattr(total, "iowait", 0.0)
-        return Sample(time.time(), rss, cpu, redis_used, busy)
+        return Sample(time.time(), rss, pss, cpu, redis_used, busy)
 
     def window(self, t0: float, t1: float) -> WindowUsage:
         """Peak RSS, CPU seconds and peak Redis memory between two wall-clock times."""
@@ -131,13 +135,16 @@ class Sampler:
         hi = bisect.bisect_right(times, t1)
         inside = self.samples[lo:hi]
         if not inside:
-            return WindowUsage(max(t1 - t0, 0.0), {}, {}, 0.0)
+            return WindowUsage(max(t1 - t0, 0.0), {}, {}, {}, 0.0)
         first = self.samples[max(lo - 1, 0)]
         last = inside[-1]
         peak: dict[str, float] = {}
+        peak_pss: dict[str, float] = {}
         for s in inside:
             for role, value in s.rss.items():
                 peak[role] = max(peak.get(role, 0.0), value / 2**20)
+            for role, value in s.pss.items():
+                peak_pss[role] = max(peak_pss.get(role, 0.0), value / 2**20)
         cpu = {role: last.cpu[role] - first.cpu.get(role, 0.0) for role in last.cpu}
         redis_peak = max(s.redis_used for s in inside) / 2**20
         seconds = last.t - first.t
@@ -145,6 +152,7 @@ class Sampler:
         return WindowUsage(
             seconds,
             {k: round(v, 1) for k, v in peak.items()},
+            {k: round(v, 1) for k, v in peak_pss.items()},
             {k: round(v, 2) for k, v in cpu.items()},
             round(redis_peak, 1),
             round(machine, 2),

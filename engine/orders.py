@@ -281,12 +281,21 @@ def apply_report(db: Engine, client_order_id: str, report: OrderReport) -> Order
 
 
 def reconcile(db: Engine, bot: str, gateway: Gateway, *, grace_s: float = RECONCILE_GRACE_S) -> int:
+    """Settle the bot's pending, unknown and open orders; returns how many changed status."""
+    return settle(db, bot, gateway, grace_s=grace_s)[0]
+
+
+def settle(
+    db: Engine, bot: str, gateway: Gateway, *, grace_s: float = RECONCILE_GRACE_S
+) -> tuple[int, list[OpenOrder]]:
     """Settle the bot's pending, unknown and open orders against the exchange.
 
     One `fetch_open_orders` per symbol covers every still-resting order; the rest are
     looked up one by one by client order id. Not found and older than `grace_s` →
     `rejected` ("never reached the exchange"). Nothing is ever resent. Returns how many
-    rows changed status. A bot with no such orders costs no request.
+    rows changed status, and the orders still live afterwards (the tick hands these to
+    the strategy, so it costs one query when nothing changed). A bot with no such
+    orders costs no request.
     """
     rows = _live_rows(db, bot)
     changed = 0
@@ -298,7 +307,9 @@ def reconcile(db: Engine, bot: str, gateway: Gateway, *, grace_s: float = RECONC
         for row in mine:
             report = None if resting is None else resting.get(row.client_order_id)
             changed += _reconcile_row(db, gateway, row, report, grace_s)
-    return changed
+    if changed:
+        rows = _live_rows(db, bot)
+    return changed, [_open_order(r) for r in rows]
 
 
 def bots_with_live_orders(db: Engine) -> list[str]:
@@ -357,18 +368,19 @@ def _live_rows(db: Engine, bot: str) -> list[Order]:
 def open_orders(db: Engine, bot: str) -> list[OpenOrder]:
     """The bot's orders that may rest on the book: open, and also pending or unknown
     ones (so a strategy does not place a level twice while one is being resolved)."""
-    return [
-        OpenOrder(
-            client_order_id=r.client_order_id,
-            side=Side(r.side),
-            type=OrderType(r.type),
-            amount=r.amount,
-            price=r.price,
-            filled=r.filled,
-            tag=r.tag,
-        )
-        for r in _live_rows(db, bot)
-    ]
+    return [_open_order(r) for r in _live_rows(db, bot)]
+
+
+def _open_order(row: Order) -> OpenOrder:
+    return OpenOrder(
+        client_order_id=row.client_order_id,
+        side=Side(row.side),
+        type=OrderType(row.type),
+        amount=row.amount,
+        price=row.price,
+        filled=row.filled,
+        tag=row.tag,
+    )
 
 
 # -- positions and PnL ---------------------------------------------------------------

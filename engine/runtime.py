@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 from sqlalchemy import Engine
@@ -45,6 +45,8 @@ class Runtime:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     clock: Callable[[], float] = time.time
     gateway_for: Callable[[BotConfig], Gateway] | None = None
+    # Per (bot, generation): config, strategy and gateway, built once (see tick.bot_setup).
+    setups: dict[tuple[str, int], Any] = field(default_factory=dict)
 
     def gateway(self, config: BotConfig) -> Gateway:
         """The gateway a bot trades through (process-wide caches live in the factory)."""

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import JSON, String, bindparam, case, func, insert, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
@@ -18,12 +19,12 @@ from engine import logging as elog
 from engine import metrics, notify, orders
 from engine.config import BotConfig
 from engine.coordination import Mirror, Verdict
-from engine.db import session_scope
 from engine.domain import MarketContext
 from engine.errors import ExchangeBannedError, FencedError, OperationalError
+from engine.exchange.gateway import Gateway
 from engine.exchange.ratelimit import ban_until
 from engine.exchange.retry import time_budget
-from engine.models import Bot, BotStatus, StrategyState, Tick, TickOutcome, utcnow
+from engine.models import Bot, BotStatus, StrategyState, Tick, TickOutcome, UtcDateTime
 from engine.risk import apply_risk
 from engine.runtime import Runtime
 from engine.schedule import due_at, successor
@@ -58,6 +59,7 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
     elog.bind(lateness_ms=round((started - due) * 1000, 1))
     log.info("tick.started")
     outcome, error, sent, fatal = TickOutcome.OK, None, 0, False
+    state: dict[str, Any] | None = None
     try:
         with rt.coordinator.lock(bot, ttl=rt.settings.tick_time_limit_s + 10, wait=0) as mine:
             if not mine:  # 3. another slot of this bot is still inside its run
@@ -65,7 +67,7 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
             else:
                 # Reads and rate-limit waits end well before the hard time limit.
                 with time_budget(rt.settings.tick_time_limit_s * 0.8):
-                    sent = trade(rt, bot, generation, slot, due)  # 4. data → strategy → orders
+                    sent, state = trade(rt, bot, generation, slot, due)  # 4. run
     except (FencedError, ExchangeBannedError) as exc:
         outcome, error = TickOutcome.SKIPPED, str(exc)
     except OperationalError as exc:
@@ -78,7 +80,18 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
         status = record(
             rt,
             TickRecord(
-                bot, generation, slot, due, started, finished, outcome, error, sent, missed, nxt
+                bot,
+                generation,
+                slot,
+                due,
+                started,
+                finished,
+                outcome,
+                error,
+                sent,
+                missed,
+                nxt,
+                state,
             ),
             fatal,
         )  # 5. record
@@ -102,15 +115,20 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
     return outcome
 
 
-def trade(rt: Runtime, bot: str, generation: int, slot: int, due: float) -> int:
-    """Step 4: market data → strategy (pure) → risk → orders; returns orders sent."""
-    config, strategy = bot_setup(rt, bot, generation)
+def trade(
+    rt: Runtime, bot: str, generation: int, slot: int, due: float
+) -> tuple[int, dict[str, Any] | None]:
+    """Step 4: market data → strategy (pure) → risk → orders.
+
+    Returns the number of orders sent and the strategy's new state (None: unchanged),
+    which step 5 stores in the same transaction as the tick.
+    """
+    config, strategy, gateway = bot_setup(rt, bot, generation)
     elog.bind(exchange=config.exchange, symbol=config.symbol)
     if rt.redis is not None and (until := ban_until(rt.redis, config.exchange)) is not None:
         raise ExchangeBannedError(f"{config.exchange} banned this IP until {until:.0f}")
-    gateway = rt.gateway(config)
     # Settle what earlier ticks left open or unknown, before deciding anything new.
-    orders.reconcile(rt.db, bot, gateway, grace_s=rt.settings.reconcile_grace_s)
+    _, still_open = orders.settle(rt.db, bot, gateway, grace_s=rt.settings.reconcile_grace_s)
     rules = gateway.market_rules(config.symbol)
     ticker = gateway.fetch_ticker(config.symbol)
     needed = strategy.candles_needed()
@@ -122,7 +140,7 @@ def trade(rt: Runtime, bot: str, generation: int, slot: int, due: float) -> int:
         ticker=ticker,
         position=orders.position(rt.db, bot),
         balances=gateway.fetch_balances(),
-        open_orders=tuple(orders.open_orders(rt.db, bot)),
+        open_orders=tuple(still_open),
         rules=rules,
     )
     state = load_state(rt, bot)
@@ -150,9 +168,7 @@ def trade(rt: Runtime, bot: str, generation: int, slot: int, due: float) -> int:
             fence=fence,
         ):
             sent += 1
-    if decision.state is not None:
-        save_state(rt, bot, decision.state)
-    return sent
+    return sent, decision.state
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,63 +186,119 @@ class TickRecord:
     orders: int
     missed: int
     next_slot: int
+    state: dict[str, Any] | None = None
 
 
 def _ts(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
-    """Step 5: write the tick and update counters; returns the bot's status afterwards.
+# Step 5's statements, built once: constructing SQLAlchemy expressions per tick costs
+# more CPU than running them.
+_bots = Bot.__table__  # type: ignore[attr-defined]
+_states = StrategyState.__table__  # type: ignore[attr-defined]
+_INSERT_TICK = insert(Tick.__table__)  # type: ignore[attr-defined]
+_UPDATE_BOT = (
+    update(_bots)
+    .where(_bots.c.name == bindparam("p_name"))
+    .values(
+        ticks_ok=_bots.c.ticks_ok + bindparam("p_ok"),
+        ticks_failed=_bots.c.ticks_failed + bindparam("p_failed"),
+        ticks_missed=_bots.c.ticks_missed + bindparam("p_missed"),
+        orders_sent=_bots.c.orders_sent + bindparam("p_orders"),
+        consecutive_failures=case(
+            (bindparam("p_failed") == 1, _bots.c.consecutive_failures + 1), else_=0
+        ),
+        last_error=func.coalesce(bindparam("p_error", type_=String), _bots.c.last_error),
+        last_tick_at=bindparam("p_at", type_=UtcDateTime()),
+        updated_at=bindparam("p_at", type_=UtcDateTime()),
+        # A newer generation owns the schedule: leave its next slot alone.
+        next_slot=case(
+            (_bots.c.generation == bindparam("p_gen"), bindparam("p_next")),
+            else_=_bots.c.next_slot,
+        ),
+    )
+    .returning(_bots.c.status, _bots.c.generation, _bots.c.consecutive_failures)
+)
+_SET_ERROR = (
+    update(_bots)
+    .where(_bots.c.name == bindparam("p_name"), _bots.c.generation == bindparam("p_gen"))
+    .values(status=BotStatus.ERROR.value, last_error=bindparam("p_error", type_=String))
+)
+_UPDATE_STATE = (
+    update(_states)
+    .where(_states.c.bot == bindparam("p_bot"))
+    .values(
+        state=bindparam("p_state", type_=JSON), updated_at=bindparam("p_at", type_=UtcDateTime())
+    )
+)
+_INSERT_STATE = insert(_states)
 
-    The failure policy lives here: a fatal error or too many failures in a row move the
-    bot to `error`, in the same transaction as the tick that decided it.
+
+def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
+    """Step 5: write the tick, the strategy state and the counters in one transaction.
+
+    Returns the bot's status afterwards. The failure policy lives here: a fatal error or
+    too many failures in a row move the bot to `error`, in the same transaction as the
+    tick that decided it.
     """
     failed = rec.outcome is TickOutcome.FAILED
+    at = _ts(rec.finished)
     try:
-        with session_scope(rt.db) as session:
-            session.add(
-                Tick(
-                    bot=rec.bot,
-                    generation=rec.generation,
-                    slot=rec.slot,
-                    due_at=_ts(rec.due),
-                    started_at=_ts(rec.started),
-                    finished_at=_ts(rec.finished),
-                    lateness_ms=(rec.started - rec.due) * 1000,
-                    duration_ms=(rec.finished - rec.started) * 1000,
-                    outcome=rec.outcome,
-                    error=rec.error,
-                    orders=rec.orders,
-                    worker=rt.worker_id,
-                )
+        with rt.db.begin() as conn:
+            conn.execute(
+                _INSERT_TICK,
+                {
+                    "bot": rec.bot,
+                    "generation": rec.generation,
+                    "slot": rec.slot,
+                    "due_at": _ts(rec.due),
+                    "started_at": _ts(rec.started),
+                    "finished_at": at,
+                    "lateness_ms": (rec.started - rec.due) * 1000,
+                    "duration_ms": (rec.finished - rec.started) * 1000,
+                    "outcome": rec.outcome.value,
+                    "error": rec.error,
+                    "orders": rec.orders,
+                    "worker": rt.worker_id,
+                },
             )
-            row = session.get(Bot, rec.bot, with_for_update=True)
-            if row is None:
+            row = conn.execute(
+                _UPDATE_BOT,
+                {
+                    "p_name": rec.bot,
+                    "p_ok": int(rec.outcome is TickOutcome.OK),
+                    "p_failed": int(failed),
+                    "p_missed": rec.missed,
+                    "p_orders": rec.orders,
+                    "p_error": rec.error,
+                    "p_at": at,
+                    "p_gen": rec.generation,
+                    "p_next": rec.next_slot,
+                },
+            ).first()
+            if row is None or row[1] != rec.generation:
                 return BotStatus.STOPPED
-            failures = row.consecutive_failures + 1 if failed else 0
-            values: dict[str, Any] = {
-                "ticks_ok": Bot.ticks_ok + int(rec.outcome is TickOutcome.OK),
-                "ticks_failed": Bot.ticks_failed + int(failed),
-                "ticks_missed": Bot.ticks_missed + rec.missed,
-                "orders_sent": Bot.orders_sent + rec.orders,
-                "consecutive_failures": failures,
-                "last_tick_at": _ts(rec.finished),
-                "updated_at": utcnow(),
-            }
-            if rec.error:
-                values["last_error"] = rec.error
-            status = BotStatus(row.status)
-            if row.generation == rec.generation:
-                values["next_slot"] = rec.next_slot
-                if status == BotStatus.RUNNING and (
-                    fatal or failures >= rt.settings.max_consecutive_failures
-                ):
-                    status = BotStatus.ERROR
-                    values["status"] = status.value
-                    values["last_error"] = f"{failures} failure(s) in a row; last: {rec.error}"
-            session.execute(update(Bot).where(col(Bot.name) == rec.bot).values(**values))
-            return status if row.generation == rec.generation else BotStatus.STOPPED
+            status, failures = BotStatus(row[0]), int(row[2])
+            if rec.state is not None:
+                params = {"p_bot": rec.bot, "p_state": rec.state, "p_at": at}
+                if not conn.execute(_UPDATE_STATE, params).rowcount:
+                    conn.execute(
+                        _INSERT_STATE, {"bot": rec.bot, "state": rec.state, "updated_at": at}
+                    )
+            if status == BotStatus.RUNNING and (
+                fatal or failures >= rt.settings.max_consecutive_failures
+            ):
+                status = BotStatus.ERROR
+                conn.execute(
+                    _SET_ERROR,
+                    {
+                        "p_name": rec.bot,
+                        "p_gen": rec.generation,
+                        "p_error": f"{failures} failure(s) in a row; last: {rec.error}",
+                    },
+                )
+            return status
     except IntegrityError:
         # The slot was recorded already: a second run after Redis lost its claims.
         log.warning("tick.duplicate_record")
@@ -243,38 +315,30 @@ def schedule_successor(rt: Runtime, bot: str, mirror: Mirror, slot: int, nxt: in
         rt.enqueue(bot, mirror.generation, nxt, due)
 
 
-_setups: dict[tuple[str, int], tuple[BotConfig, Strategy[Any]]] = {}
+def bot_setup(rt: Runtime, bot: str, generation: int) -> tuple[BotConfig, Strategy[Any], Gateway]:
+    """The bot's config, strategy and gateway for a generation, built once per process.
 
-
-def bot_setup(rt: Runtime, bot: str, generation: int) -> tuple[BotConfig, Strategy[Any]]:
-    """The bot's config and strategy for a generation, parsed once per process."""
+    A generation's config never changes (a new config is a new generation), so this is
+    safe to keep until the bot moves on; older generations of the bot are dropped.
+    """
     key = (bot, generation)
-    if key not in _setups:
+    setup: tuple[BotConfig, Strategy[Any], Gateway] | None = rt.setups.get(key)
+    if setup is None:
         with Session(rt.db) as session:
             row = session.get(Bot, bot)
         if row is None or row.generation != generation:
             raise FencedError(f"bot {bot} is no longer at generation {generation}")
         config = BotConfig.model_validate(row.config)
-        for stale in [k for k in _setups if k[0] == bot]:
-            del _setups[stale]
-        _setups[key] = (config, build(config.strategy.name, config.strategy.params))
-    return _setups[key]
+        setup = (config, build(config.strategy.name, config.strategy.params), rt.gateway(config))
+        for stale in [k for k in rt.setups if k[0] == bot]:
+            del rt.setups[stale]
+        rt.setups[key] = setup
+    return setup
 
 
 def load_state(rt: Runtime, bot: str) -> dict[str, Any]:
     """The strategy's persisted state for this bot ({} before its first save)."""
     with Session(rt.db) as session:
-        row = session.get(StrategyState, bot)
-        return dict(row.state) if row is not None else {}
-
-
-def save_state(rt: Runtime, bot: str, state: dict[str, Any]) -> None:
-    """Persist the strategy's new state."""
-    with session_scope(rt.db) as session:
-        row = session.get(StrategyState, bot)
-        if row is None:
-            session.add(StrategyState(bot=bot, state=state))
-        else:
-            row.state = state
-            row.updated_at = utcnow()
-            session.add(row)
+        query = sa_select(col(StrategyState.state)).where(col(StrategyState.bot) == bot)
+        state = session.execute(query).scalar_one_or_none()
+    return dict(state) if state is not None else {}

@@ -81,9 +81,13 @@ class PaperGateway:
         return {currency: free for currency, (free, _) in self.balances_detail().items()}
 
     def balances_detail(self) -> dict[str, tuple[float, float]]:
-        """(free, used) per currency: `used` is reserved by resting limit orders."""
+        """(free, used) per currency: `used` is reserved by resting limit orders.
+
+        Resting orders are not swept here: the tick settles them (fetch_order /
+        fetch_open_orders sweep) right before it reads balances, and a sweep costs a
+        query on every tick of every bot.
+        """
         self._ensure_balances()
-        self._sweep(None)
         with Session(self.db) as session:
             rows = session.exec(select(PaperBalance).where(PaperBalance.bot == self.bot)).all()
             return {row.currency: (row.free, row.used) for row in rows}
