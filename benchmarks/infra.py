@@ -229,6 +229,20 @@ def engine_env(
     return env
 
 
+def switch_interval_env(workdir: Path, seconds: float) -> dict[str, str]:
+    """Environment that makes Python processes call `sys.setswitchinterval(seconds)`.
+
+    An experiment knob until the engine has its own: a `sitecustomize` module first on
+    PYTHONPATH runs at interpreter start-up. CPython's default (5 ms) lets a thread
+    coming back from a Redis or SQL round trip wait up to 5 ms for the GIL while another
+    thread computes; a tick makes ~25 round trips (see benchmarks/README.md).
+    """
+    site = workdir / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(f"import sys\n\nsys.setswitchinterval({seconds!r})\n")
+    return {"PYTHONPATH": f"{site}{os.pathsep}{ROOT}"}
+
+
 @contextmanager
 def open_stack(
     *,

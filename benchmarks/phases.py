@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import fleet, metrics
-from benchmarks.infra import Proc, Stack, harness_runtime
+from benchmarks.infra import Proc, Stack, harness_runtime, switch_interval_env
 from benchmarks.profiles import BenchProfile
 from benchmarks.sampler import Sampler
 
@@ -58,11 +58,14 @@ def tail_s(interval_s: float) -> float:
 def start_workers(stack: Stack, profile: BenchProfile, side: str) -> list[Proc]:
     """N worker processes for one side, ready to consume."""
     spec = profile.worker
+    env: dict[str, str] = {}
+    if profile.switch_interval_s is not None:  # both sides alike
+        env.update(switch_interval_env(stack.workdir, profile.switch_interval_s))
     if side == "engine":
-        app, queues, marker, env = "engine.celery_app", "ticks,maintenance", "worker.ready", {}
+        app, queues, marker = "engine.celery_app", "ticks,maintenance", "worker.ready"
     else:
         app, queues, marker = "benchmarks.baseline_app", "baseline", " ready."
-        env = {"BASELINE_LOG_DIR": str(baseline_dir(stack))}
+        env["BASELINE_LOG_DIR"] = str(baseline_dir(stack))
     workers = [
         stack.procs.celery_worker(
             f"{side}-w{i}",

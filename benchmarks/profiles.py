@@ -40,6 +40,8 @@ class BenchProfile:
     start_mode: str = "lifecycle"
     start_threads: int = 8
     log_level: str = "INFO"
+    # sys.setswitchinterval() in worker processes (None: CPython's 5 ms default).
+    switch_interval_s: float | None = None
 
     def with_overrides(self, **changes: Any) -> BenchProfile:
         """A copy with the non-None fields of `changes` replaced (worker fields too)."""

@@ -63,6 +63,20 @@ def build(
     }
 
 
+def empty_side(engine: dict[str, Any]) -> dict[str, Any]:
+    """A baseline with no figures (`--skip-baseline`), shaped like the engine's."""
+    nan = float("nan")
+    return {
+        **dict.fromkeys(engine),
+        "lateness_ms": dict.fromkeys(engine["lateness_ms"], nan),
+        "tick_duration_ms": dict.fromkeys(engine["tick_duration_ms"], nan),
+        "saturation": {"ticks_per_s": None, "duplicates": 0},
+        "window": {"start": {"seconds": None}},
+        "bots": 0,
+        "interval_s": 0.0,
+    }
+
+
 def check_targets(
     profile: str, engine: dict[str, Any], ratios: dict[str, Any]
 ) -> dict[str, dict[str, Any]]:
@@ -149,6 +163,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{s['worker']['workers']} worker process(es), pool {s['worker']['pool']}, concurrency "
         f"{s['worker']['concurrency']}; exchange latency {s['latency_ms']:g} ms; "
         f"start mode {s['start_mode']}; DCA every {s['dca_every']} ticks; "
+        f"GIL switch interval {s['switch_interval_s'] or 0.005:g} s; "
         f"window {e['duration_s']:g} s after a one-interval ramp.",
         "",
         "| metric | engine | baseline (bare Celery chain) | engine/baseline |",

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from benchmarks import phases, report
-from benchmarks.infra import open_stack
+from benchmarks.infra import Stack, open_stack
 from benchmarks.profiles import BENCH_PROFILES, BenchProfile
 from benchmarks.sampler import Sampler
 
@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None) -> tuple[BenchProfile, argparse.Namespace
     parser.add_argument("--saturation-s", type=float)
     parser.add_argument("--start-mode", choices=["lifecycle", "bulk"])
     parser.add_argument("--dca-every", type=int, help="DCA buys every N ticks")
+    parser.add_argument(
+        "--switch-interval",
+        type=float,
+        dest="switch_interval_s",
+        help="sys.setswitchinterval() in every worker, engine and baseline (default 0.005)",
+    )
     parser.add_argument("--database-url", help="default: SQLite in the run's temp dir")
     parser.add_argument("--skip-baseline", action="store_true", help="engine side only")
     parser.add_argument("--redis-url", help="a dedicated, empty Redis db (default: embedded)")
@@ -66,6 +72,7 @@ def parse_args(argv: list[str] | None) -> tuple[BenchProfile, argparse.Namespace
             "saturation_s",
             "start_mode",
             "dca_every",
+            "switch_interval_s",
         )
     }
     return BENCH_PROFILES[args.profile].with_overrides(**overrides), args
@@ -79,8 +86,12 @@ def quiet_harness_logs() -> None:
     logging.getLogger("celery").setLevel(logging.WARNING)
 
 
-def run(profile: BenchProfile, args: argparse.Namespace) -> dict[str, Any]:
-    """Both sides, one after the other, on one stack; returns the result document."""
+Series = list[tuple[float, float]]
+
+
+def run(profile: BenchProfile, args: argparse.Namespace) -> tuple[dict[str, Any], Series, Series]:
+    """Both sides, one after the other, on one stack: (result, engine and baseline
+    lateness series for the plot)."""
     run_id = f"{profile.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     tag = secrets.token_hex(2)  # bot names unique per run, also in a reused database
     started = time.time()
@@ -95,32 +106,11 @@ def run(profile: BenchProfile, args: argparse.Namespace) -> dict[str, Any]:
         sim_port=args.simulator_port,
     ) as stack:
         quiet_harness_logs()
-        print(f"[bench] {run_id}: run dir {stack.workdir}", file=sys.stderr)
+        _say(f"{run_id}: run dir {stack.workdir}")
         sampler = Sampler(stack.procs, stack.redis_url).start()
-        baseline: dict[str, Any] = {}
-        if not args.skip_baseline:
-            workers = phases.start_workers(stack, profile, "baseline")
-            _say("baseline main phase")
-            b_main, origins = phases.baseline_main(stack, profile, f"b{tag}")
-            _say("baseline saturation phase")
-            b_sat = phases.baseline_saturation(stack, profile, f"c{tag}")
-            stack.procs.stop([w.name for w in workers])
-            baseline = phases.baseline_figures(
-                stack, sampler, profile, f"b{tag}", b_main, origins, f"c{tag}", b_sat
-            )
-            if stack.redis is not None:  # our private server: the engine starts on empty
-                redis.Redis.from_url(stack.redis_url).flushall()
-        workers = phases.start_workers(stack, profile, "engine")
-        beat = stack.procs.beat(stack.workdir)
-        _say("engine main phase")
-        e_main = phases.engine_main(stack, profile, f"e{tag}")
-        _say("engine saturation phase")
-        e_sat = phases.engine_saturation(stack, profile, f"s{tag}")
-        stack.procs.stop([w.name for w in workers] + [beat.name])
-        engine = phases.engine_figures(stack, sampler, profile, f"e{tag}", e_main, f"s{tag}", e_sat)
+        baseline = None if args.skip_baseline else baseline_side(stack, sampler, profile, tag)
+        engine = engine_side(stack, sampler, profile, tag)
         sampler.stop()
-    if not baseline:
-        baseline = _empty_like(engine)
     meta = {
         "machine": report.machine(),
         "loadavg_before": load_before,
@@ -128,22 +118,39 @@ def run(profile: BenchProfile, args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
         "database": "sqlite (temp)" if not args.database_url else "given --database-url",
     }
+    baseline = baseline or report.empty_side(engine)
     result = report.build(run_id, profile, engine, baseline, meta)
-    result["_series"] = (engine.get("series", []), baseline.get("series", []))
-    return result
+    return result, engine.get("series", []), baseline.get("series", [])
 
 
-def _empty_like(engine: dict[str, Any]) -> dict[str, Any]:
-    nan = float("nan")
-    return {
-        **{k: None for k in engine},
-        "lateness_ms": dict.fromkeys(engine["lateness_ms"], nan),
-        "tick_duration_ms": dict.fromkeys(engine["tick_duration_ms"], nan),
-        "saturation": {"ticks_per_s": None, "duplicates": 0},
-        "window": {"start": {"seconds": None}},
-        "bots": 0,
-        "interval_s": 0.0,
-    }
+def baseline_side(
+    stack: Stack, sampler: Sampler, profile: BenchProfile, tag: str
+) -> dict[str, Any]:
+    """The bare Celery chain: its workers, main and saturation phases, figures."""
+    workers = phases.start_workers(stack, profile, "baseline")
+    _say("baseline main phase")
+    main, origins = phases.baseline_main(stack, profile, f"b{tag}")
+    _say("baseline saturation phase")
+    sat = phases.baseline_saturation(stack, profile, f"c{tag}")
+    stack.procs.stop([w.name for w in workers])
+    if stack.redis is not None:  # our private server: the engine starts on an empty one
+        redis.Redis.from_url(stack.redis_url).flushall()
+    return phases.baseline_figures(
+        stack, sampler, profile, f"b{tag}", main, origins, f"c{tag}", sat
+    )
+
+
+def engine_side(stack: Stack, sampler: Sampler, profile: BenchProfile, tag: str) -> dict[str, Any]:
+    """The engine: workers and beat, main and saturation phases, figures."""
+    workers = phases.start_workers(stack, profile, "engine")
+    beat = stack.procs.beat(stack.workdir)
+    _say("engine main phase")
+    main = phases.engine_main(stack, profile, f"e{tag}")
+    _say("engine saturation phase")
+    sat = phases.engine_saturation(stack, profile, f"s{tag}")
+    # Stopped before reading: a worker's log is complete once it exited.
+    stack.procs.stop([w.name for w in workers] + [beat.name])
+    return phases.engine_figures(stack, sampler, profile, f"e{tag}", main, f"s{tag}", sat)
 
 
 def _say(message: str) -> None:
@@ -153,8 +160,7 @@ def _say(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, write the results, print the table; 0 unless it crashed."""
     profile, args = parse_args(argv)
-    result = run(profile, args)
-    engine_series, baseline_series = result.pop("_series")
+    result, engine_series, baseline_series = run(profile, args)
     outdir = report.RESULTS if args.out is None else Path(args.out)
     paths = report.write(result, engine_series, baseline_series, outdir)
     print(paths["md"].read_text())

@@ -53,10 +53,11 @@ class Counters:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.statements: Counter[str] = Counter()
 
     def install(self, db: Any) -> None:
         """Hook the SQLAlchemy engine and every redis-py client in this process."""
-        event.listen(db, "before_cursor_execute", lambda *a: self._add("sql_statements"))
+        event.listen(db, "before_cursor_execute", self._statement)
         event.listen(db, "commit", lambda *a: self._add("sql_commits"))
         original = redis.Redis.execute_command
         pipeline = redis.client.Pipeline.execute
@@ -71,6 +72,10 @@ class Counters:
 
         redis.Redis.execute_command = execute_command  # type: ignore[method-assign]
         redis.client.Pipeline.execute = execute  # type: ignore[method-assign]
+
+    def _statement(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self._add("sql_statements")
+        self.statements[" ".join(statement.split())[:110]] += 1
 
     def _add(self, key: str) -> None:
         self.counts[key] += 1
@@ -156,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
             # Pipelines and the claim/lock scripts are one round trip each.
             print(f"  {key}: {value / ticks:.2f}/tick")
         print(f"  successor messages: {len(sent) / ticks:.2f}/tick")
+        print("  SQL statements per tick, by shape:")
+        for statement, n in counters.statements.most_common(20):
+            print(f"    {n / ticks:5.2f}  {statement}")
         by_lib = self_time_by_library(profile)
         total = sum(by_lib.values()) or 1.0
         print("  own CPU time by library:")

@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -25,52 +24,9 @@ from rich.text import Text
 from engine.config import BotConfig, load_bot_config
 from engine.embedded import EmbeddedRedis, free_port
 from engine.errors import BotEngineError
+from engine.supervise import ProcessGroup, console_script
 
 console = Console(width=None if sys.stdout.isatty() else 120)
-
-
-class Children:
-    """Child processes with their logs in one folder; all stopped together."""
-
-    def __init__(self, logdir: Path, env: dict[str, str]) -> None:
-        self.logdir = logdir
-        self.env = env
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def spawn(self, name: str, args: list[str]) -> None:
-        """Start a child whose stdout and stderr go to `<logdir>/<name>.log`."""
-        log = (self.logdir / f"{name}.log").open("wb")
-        # A new session: Ctrl-C in the terminal reaches only the demo, which then stops
-        # its children in order (bots first, then worker, then the rest).
-        self.procs[name] = subprocess.Popen(
-            args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def check(self) -> None:
-        """Fail fast when a child died."""
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise BotEngineError(
-                    f"{name} exited with code {proc.returncode}; "
-                    f"see {self.logdir / (name + '.log')}"
-                )
-
-    def stop(self) -> None:
-        """SIGTERM everything (warm shutdown), SIGKILL what is still there after 20 s."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
 
 
 def _wait_http(url: str, timeout: float) -> bool:
@@ -111,56 +67,28 @@ def run_demo(bot_files: list[Path], duration: float | None, workdir: Path) -> in
     from engine.settings import get_settings  # lazy: settings must see the demo's env
 
     get_settings.cache_clear()
-    children = Children(workdir, env)
+    children = ProcessGroup(env, workdir, new_session=True)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        children.spawn("simulator", [_bin("botengine"), "simulator", "--port", str(sim_port)])
+        children.spawn(
+            "simulator", [console_script("botengine"), "simulator", "--port", str(sim_port)]
+        )
         if not _wait_http(f"http://127.0.0.1:{sim_port}/api/v3/ping", 30):
             raise BotEngineError(f"the simulator did not start; see {workdir}/simulator.log")
-        children.spawn(
-            "worker",
-            [
-                _bin("celery"),
-                "-A",
-                "engine.celery_app",
-                "worker",
-                "-l",
-                "info",
-                "-Q",
-                "ticks,maintenance",
-                "--pool",
-                "threads",
-                "-c",
-                "16",
-                "-n",
-                "demo@%h",
-            ],
-        )
-        children.spawn(
-            "beat",
-            [
-                _bin("celery"),
-                "-A",
-                "engine.celery_app",
-                "beat",
-                "-l",
-                "info",
-                "--schedule",
-                str(workdir / "celerybeat-schedule"),
-            ],
-        )
-        children.spawn("api", [_bin("botengine"), "api", "--port", str(api_port)])
+        children.worker("worker", concurrency=16)
+        children.beat()
+        children.spawn("api", [console_script("botengine"), "api", "--port", str(api_port)])
         return _drive(configs, children, stop, duration, api_port, token, workdir)
     finally:
-        children.stop()
+        children.stop_all()
         redis_server.stop()
 
 
 def _drive(
     configs: list[BotConfig],
-    children: Children,
+    children: ProcessGroup,
     stop: threading.Event,
     duration: float | None,
     api_port: int,

@@ -17,7 +17,8 @@ from engine.db import engine_for
 from engine.models import Bot, Order, Tick
 from engine.runtime import Runtime, celery_enqueue, claim_ttl, redis_client
 from engine.settings import Settings
-from tests.support import Processes, python_env
+from engine.supervise import ProcessGroup
+from tests.support import python_env
 
 FAST = {
     "RECONCILE_EVERY_S": "1",
@@ -53,7 +54,7 @@ class Engine:
     """The engine under test: processes, a runtime for lifecycle calls, the database."""
 
     rt: Runtime
-    procs: Processes
+    procs: ProcessGroup
     env: dict[str, str]
 
     def ticks(self, bot: str) -> list[Tick]:
@@ -112,7 +113,7 @@ def engine(redis_url: str, db_url: str, simulator: Any, tmp_path: Path) -> Itera
         coordinator=RedisCoordinator(client, claim_ttl(settings)),
         enqueue=celery_enqueue,
     )
-    procs = Processes(env, tmp_path)
+    procs = ProcessGroup(env, tmp_path)
     try:
         yield Engine(rt, procs, env)
     finally:

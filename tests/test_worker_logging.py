@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.embedded import EmbeddedRedis
+from engine.supervise import ProcessGroup
 from tests.support import bin_path, python_env
 
 SECRET = "s3cret-redis-pass-4242"
@@ -20,40 +21,6 @@ TOKEN = "api-token-0123456789"
 def private_redis() -> EmbeddedRedis:
     with EmbeddedRedis(password=SECRET) as server:
         yield server
-
-
-def _start_worker(env: dict[str, str], log: Path, level: str = "info") -> subprocess.Popen[bytes]:
-    handle = log.open("wb")
-    return subprocess.Popen(
-        [
-            bin_path("celery"),
-            "-A",
-            "engine.celery_app",
-            "worker",
-            "-l",
-            level,
-            "-Q",
-            "ticks,maintenance",
-            "--pool",
-            "threads",
-            "-c",
-            "2",
-            "-n",
-            "test@%h",
-        ],
-        env=env,
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-    )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def test_ping_through_real_worker_logs_only_json_without_secrets(
@@ -67,8 +34,27 @@ def test_ping_through_real_worker_logs_only_json_without_secrets(
         API_TOKEN=TOKEN,
         DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite'}",
     )
-    log = tmp_path / "worker.log"
-    worker = _start_worker(env, log, level="debug")
+    procs = ProcessGroup(env, tmp_path)
+    procs.spawn(
+        "worker",
+        [
+            bin_path("celery"),
+            "-A",
+            "engine.celery_app",
+            "worker",
+            "-l",
+            "debug",
+            "-Q",
+            "ticks,maintenance",
+            "--pool",
+            "threads",
+            "-c",
+            "2",
+            "-n",
+            "test@%h",
+        ],
+    )
+    log = procs.log_path("worker")
     try:
         # When the CLI sends ping
         answer = None
@@ -88,7 +74,7 @@ def test_ping_through_real_worker_logs_only_json_without_secrets(
         assert answer["hostname"].startswith("test@")
         assert answer["time"].endswith("+00:00")
     finally:
-        _stop(worker)
+        procs.stop_all()
     lines = [line for line in log.read_text().splitlines() if line.strip()]
     assert len(lines) > 5
     # And every line parses as a JSON object with the log schema's fields
