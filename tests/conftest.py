@@ -13,6 +13,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -162,3 +163,22 @@ def simulator() -> Iterator[object]:
     with SimulatorServer(port=0) as sim:
         os.environ["SIMULATOR_URL"] = sim.url
         yield sim
+
+
+@pytest.fixture
+def sim(simulator: Any) -> Iterator[Any]:
+    """The session's simulator, reset, with the process's ccxt client cache emptied."""
+    from engine.exchange.clients import clear_clients
+
+    simulator.reset()
+    clear_clients()
+    yield simulator
+    simulator.reset()
+
+
+@pytest.fixture
+def db(db_url: str) -> Any:
+    """An engine on the migrated test database."""
+    from engine.db import make_engine
+
+    return make_engine(db_url)

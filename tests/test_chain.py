@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,19 @@ import pytest
 import redis
 
 from engine import lifecycle
-from engine.lifecycle import Change
+from engine.lifecycle import Change, Result
 from engine.models import BotStatus
 from tests.chain_support import Engine, bot_config, bot_yaml
 from tests.conftest import OWNER_KEY
 from tests.support import ROOT, bin_path, wait_for
 
 pytestmark = pytest.mark.slow
+
+
+def _concurrently(n: int, call: Callable[[], Result]) -> list[Result]:
+    """Run `call` in `n` threads at once; their results."""
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda _: call(), range(n)))
 
 
 def _assert_exactly_once(eng: Engine, workers: list[str], bots: list[str]) -> None:
@@ -76,15 +83,7 @@ def test_double_start_sequential_and_concurrent_yields_one_chain(engine: Engine)
     assert first.change is Change.STARTED
     # When it is started again with the same config, sequentially and 8 times at once
     again = lifecycle.start(engine.rt, config)
-    results = []
-    threads = [
-        threading.Thread(target=lambda: results.append(lifecycle.start(engine.rt, config)))
-        for _ in range(8)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = _concurrently(8, lambda: lifecycle.start(engine.rt, config))
     # Then nothing changed: one generation, one chain
     assert again.change is Change.UNCHANGED
     assert {r.change for r in results} == {Change.UNCHANGED}
@@ -101,15 +100,7 @@ def test_double_start_sequential_and_concurrent_yields_one_chain(engine: Engine)
 def test_concurrent_first_starts_of_a_new_bot_yield_one_chain(engine: Engine) -> None:
     engine.procs.worker("w1")
     config = bot_config("racer", interval="1s")
-    results = []
-    threads = [
-        threading.Thread(target=lambda: results.append(lifecycle.start(engine.rt, config)))
-        for _ in range(8)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = _concurrently(8, lambda: lifecycle.start(engine.rt, config))
     changes = Counter(r.change for r in results)
     assert changes == {Change.STARTED: 1, Change.UNCHANGED: 7}
     time.sleep(4)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,28 +9,13 @@ import redis
 from sqlalchemy import Engine
 
 from engine.config import BotConfig
-from engine.db import make_engine
 from engine.domain import OrderType, Side
 from engine.errors import OperationalError
-from engine.exchange.clients import clear_clients
 from engine.exchange.factory import data_max_age, gateway_for
 from engine.exchange.gateway import Gateway, OrderRequest, OrderStatus
 from engine.exchange.marketdata import CachedGateway
 from engine.exchange.paper import PaperGateway
 from engine.settings import Settings
-
-
-@pytest.fixture
-def sim(simulator: Any) -> Iterator[Any]:
-    simulator.reset()
-    clear_clients()
-    yield simulator
-    simulator.reset()
-
-
-@pytest.fixture
-def db(db_url: str) -> Engine:
-    return make_engine(db_url)
 
 
 def config(**changes: Any) -> BotConfig:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any, cast
 
 import pytest
@@ -14,11 +13,10 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from engine import orders
-from engine.db import make_engine
 from engine.domain import MarketRules, OrderIntent, OrderType, Side, Ticker
 from engine.errors import FencedError
 from engine.exchange.ccxt_gateway import CcxtGateway
-from engine.exchange.clients import ClientSpec, clear_clients, client_for
+from engine.exchange.clients import ClientSpec, client_for
 from engine.exchange.gateway import Gateway, OrderReport, OrderRequest, OrderStatus
 from engine.exchange.ratelimit import RateLimiter
 from engine.exchange.retry import ReadRetry
@@ -30,19 +28,6 @@ BINANCE_ID = re.compile(r"^[.A-Z:/a-z0-9_-]{1,36}$")
 
 def no_fence() -> None:
     """A fence that never trips (the bot stays at its generation)."""
-
-
-@pytest.fixture
-def sim(simulator: Any) -> Iterator[Any]:
-    simulator.reset()
-    clear_clients()
-    yield simulator
-    simulator.reset()
-
-
-@pytest.fixture
-def db(db_url: str) -> Engine:
-    return make_engine(db_url)
 
 
 def gateway(sim: Any, redis_client: redis.Redis, timeout_ms: int = 2000) -> CcxtGateway:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +18,6 @@ from engine.config import BotConfig
 from engine.db import make_engine
 from engine.domain import Candle, MarketRules, OrderIntent, OrderType, Side, Ticker
 from engine.errors import OrderRejectedError
-from engine.exchange.clients import clear_clients
 from engine.exchange.factory import data_max_age, gateway_for
 from engine.exchange.fills import FillModel
 from engine.exchange.gateway import OrderReport, OrderRequest, OrderStatus
@@ -63,11 +61,6 @@ class Market:
 
     def fetch_open_orders(self, symbol: str) -> list[OrderReport]:
         raise AssertionError("paper never asks the exchange for orders")
-
-
-@pytest.fixture
-def db(db_url: str) -> Engine:
-    return make_engine(db_url)
 
 
 def paper(db: Engine, market: Market, bot: str = "p1", **balances: float) -> PaperGateway:
@@ -261,14 +254,6 @@ def test_paper_books_always_balance(db: Engine, steps: list[Any], fee: float, sl
 
 
 # -- 100 paper bots on the simulator --------------------------------------------------
-
-
-@pytest.fixture
-def sim(simulator: Any) -> Iterator[Any]:
-    simulator.reset()
-    clear_clients()
-    yield simulator
-    simulator.reset()
 
 
 def config(name: str) -> BotConfig:
