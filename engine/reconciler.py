@@ -43,8 +43,14 @@ def reconcile(rt: Runtime) -> Report:
     now = rt.clock()
     _restore_mirrors(rt, coordinator, now, report)
     grace = rt.settings.reconcile_grace_s
+    # A long tick queue means overdue slots are waiting, not lost: re-sending them would
+    # only lengthen the queue (a saturated system must not feed itself duplicates).
+    backlog = rt.backlog() if rt.backlog is not None else 0
+    saturated = backlog > rt.settings.reconcile_backlog_limit
+    if saturated:
+        log.warning("reconcile.saturated", backlog=backlog)
     for bot in coordinator.due(SCHEDULE, now - grace):
-        _revive(rt, coordinator, bot, now, report)
+        _revive(rt, coordinator, bot, now, report, saturated)
     for bot in coordinator.due(PARKED, now + rt.settings.eta_horizon_s):
         mirror = coordinator.mirror(bot)
         if mirror is not None and coordinator.unpark(bot, mirror.generation, mirror.next_slot):
@@ -98,7 +104,12 @@ def _restore_mirrors(
 
 
 def _revive(
-    rt: Runtime, coordinator: RedisCoordinator, bot: str, now: float, report: Report
+    rt: Runtime,
+    coordinator: RedisCoordinator,
+    bot: str,
+    now: float,
+    report: Report,
+    saturated: bool,
 ) -> None:
     mirror = coordinator.mirror(bot)
     if mirror is None or mirror.status != BotStatus.RUNNING.value:
@@ -107,13 +118,16 @@ def _revive(
     due = due_at(mirror.origin, mirror.interval, mirror.next_slot)
     claim = coordinator.claim(bot, mirror.generation, mirror.next_slot)
     if claim is None:
+        if saturated:
+            return
         if now - due <= mirror.interval:
-            # Unclaimed and only a little late: the message was lost; send it again.
+            # Unclaimed and only a little late: the message was lost; send it again,
+            # once (a copy lost again is caught by the advance below an interval later).
             if coordinator.redis.set(
                 f"requeued:{bot}:{mirror.generation}:{mirror.next_slot}",
                 "1",
                 nx=True,
-                ex=int(rt.settings.reconcile_grace_s) + 1,
+                ex=int(max(rt.settings.reconcile_grace_s, mirror.interval)) * 4,
             ):
                 rt.enqueue(bot, mirror.generation, mirror.next_slot, due)
                 report.requeued += 1

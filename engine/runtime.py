@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import redis
+from amqp.exceptions import ChannelError
 from sqlalchemy import Engine
 
 from engine.coordination import Coordinator, RedisCoordinator
@@ -45,6 +46,8 @@ class Runtime:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     clock: Callable[[], float] = time.time
     gateway_for: Callable[[BotConfig], Gateway] | None = None
+    # Messages waiting in the tick queue (None: unknown); the reconciler backs off on it.
+    backlog: Callable[[], int] | None = None
     # Per (bot, generation): config, strategy and gateway, built once (see tick.bot_setup).
     setups: dict[tuple[str, int], Any] = field(default_factory=dict)
 
@@ -67,6 +70,19 @@ def redis_client(url: str) -> redis.Redis:
 def claim_ttl(settings: Settings) -> int:
     """How long a slot claim lives: past the task time limit, so a dead tick stays visible."""
     return settings.tick_time_limit_s * 2 + 60
+
+
+def celery_backlog() -> int:
+    """Messages waiting in the tick queue of the broker (any Celery transport)."""
+    from engine.celery_app import TICK_QUEUE, app  # lazy: tasks import this module
+
+    with app.connection_for_write() as conn:
+        try:
+            channel = conn.default_channel
+            declared = channel.queue_declare(TICK_QUEUE, passive=True)  # type: ignore[attr-defined]
+        except ChannelError:  # no such queue yet: nothing was ever sent to it
+            return 0
+        return int(declared.message_count)
 
 
 def celery_enqueue(bot: str, generation: int, slot: int, due: float) -> None:
@@ -101,6 +117,7 @@ def get_runtime() -> Runtime:
                 db=engine_for(settings.database_url),
                 coordinator=RedisCoordinator(client, claim_ttl(settings)),
                 enqueue=celery_enqueue,
+                backlog=celery_backlog,
             )
             _pid = os.getpid()
         return _runtime

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     max_consecutive_failures: int = Field(5, ge=1)
     reconcile_every_s: float = Field(10.0, gt=0)
     reconcile_grace_s: float = Field(15.0, ge=0)
+    reconcile_backlog_limit: int = Field(1000, ge=0)
     eta_horizon_s: int = Field(300, ge=10)
     visibility_timeout_s: int = Field(3600, ge=60)
     stop_drain_timeout_s: float = Field(30.0, ge=0)
