@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from benchmarks import fleet, metrics
 from benchmarks.infra import Proc, Stack, harness_runtime, switch_interval_env
 from benchmarks.profiles import BenchProfile
@@ -55,7 +57,7 @@ def tail_s(interval_s: float) -> float:
     return min(interval_s, 30.0) + 2.0
 
 
-def start_workers(stack: Stack, profile: BenchProfile, side: str) -> list[Proc]:
+def start_workers(stack: Stack, profile: BenchProfile, side: str, first: int = 0) -> list[Proc]:
     """N worker processes for one side, ready to consume."""
     spec = profile.worker
     env: dict[str, str] = {}
@@ -68,7 +70,7 @@ def start_workers(stack: Stack, profile: BenchProfile, side: str) -> list[Proc]:
         env["BASELINE_LOG_DIR"] = str(baseline_dir(stack))
     workers = [
         stack.procs.celery_worker(
-            f"{side}-w{i}",
+            f"{side}-w{first + i}",
             app,
             queues,
             spec.pool,
@@ -82,6 +84,19 @@ def start_workers(stack: Stack, profile: BenchProfile, side: str) -> list[Proc]:
     if workers:  # none: workers on other machines, started by the operator
         stack.procs.wait_ready(workers, marker)
     return workers
+
+
+def purge_tick_queue(stack: Stack) -> int:
+    """Drop every queued and unacknowledged tick message (call with workers stopped).
+
+    Between phases only, after every bot of the last phase was stopped: what is left
+    are messages the guard would drop, and a backlog of them would eat into the next
+    phase's measurement. Returns how many were dropped.
+    """
+    client = redis.Redis.from_url(stack.redis_url)
+    dropped = int(client.llen("ticks")) + int(client.hlen("unacked"))
+    client.delete("ticks", "unacked", "unacked_index")
+    return dropped
 
 
 def baseline_dir(stack: Stack) -> Path:

@@ -146,7 +146,12 @@ def engine_side(stack: Stack, sampler: Sampler, profile: BenchProfile, tag: str)
     beat = stack.procs.beat(stack.workdir)
     _say("engine main phase")
     main = phases.engine_main(stack, profile, f"e{tag}")
-    _say("engine saturation phase")
+    # Fresh workers and an empty queue, so the main phase's leftovers (messages of
+    # stopped bots, held by the workers or queued) do not eat the saturation phase.
+    stack.procs.stop([w.name for w in workers])
+    dropped = phases.purge_tick_queue(stack)
+    workers = phases.start_workers(stack, profile, "engine", first=len(workers))
+    _say(f"engine saturation phase ({dropped} leftover messages dropped)")
     sat = phases.engine_saturation(stack, profile, f"s{tag}")
     # Stopped before reading: a worker's log is complete once it exited.
     stack.procs.stop([w.name for w in workers] + [beat.name])
