@@ -14,6 +14,7 @@ import argparse
 import json
 import random
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -24,9 +25,10 @@ from typing import Any
 from sqlmodel import Session, select
 
 from benchmarks import fleet, invariants, metrics, report
-from benchmarks.infra import Stack, harness_runtime, open_stack
+from benchmarks.infra import Proc, Stack, harness_runtime, open_stack
 from benchmarks.profiles import CHAOS_PROFILES, ChaosProfile
 from benchmarks.run import quiet_harness_logs
+from benchmarks.supervisor import Supervisor
 from engine import lifecycle, orders
 from engine.lifecycle import Change
 from engine.models import Bot, Order
@@ -96,6 +98,11 @@ class Chaos:
         self.rng = random.Random(profile.seed + 1)
         self.faults: list[tuple[str, float]] = []
         self.spawned = 0
+        # Kills, respawns and the supervisor all change the process table: one at a time.
+        self.lock = threading.Lock()
+        self.supervisor = Supervisor(
+            stack.procs, ("engine-worker", "beat"), self._respawn, self.lock
+        )
 
     def spawn_worker(self) -> None:
         """One more engine worker (the initial ones and each replacement)."""
@@ -114,12 +121,21 @@ class Chaos:
 
     def kill_worker(self) -> None:
         """SIGKILL a random worker, then start its replacement."""
-        victims = sorted(p.name for p in self.stack.procs.by_role("engine-worker"))
-        victim = self.rng.choice(victims)
-        self.stack.procs.kill(victim)
-        self.faults.append((f"kill {victim}", time.time()))
-        _say(f"SIGKILLed {victim}")
-        self.spawn_worker()
+        with self.lock:
+            victims = sorted(p.name for p in self.stack.procs.by_role("engine-worker"))
+            victim = self.rng.choice(victims)
+            self.stack.procs.kill(victim)
+            self.faults.append((f"kill {victim}", time.time()))
+            _say(f"SIGKILLed {victim}")
+            self.spawn_worker()
+
+    def _respawn(self, proc: Proc) -> None:
+        """The supervisor's restart of a process that exited by itself."""
+        _say(f"{proc.name} exited by itself ({self.supervisor.exits[-1]['reason']}); restarting")
+        if proc.role == "beat":
+            self.stack.procs.beat(self.stack.workdir)
+        else:
+            self.spawn_worker()
 
     def restart_redis(self) -> None:
         """Restart Redis on the same port with nothing in it (no persistence)."""
@@ -133,7 +149,8 @@ class Chaos:
         p = self.profile
         for _ in range(p.worker.workers):
             self.spawn_worker()
-        beat = self.stack.procs.beat(self.stack.workdir)
+        self.stack.procs.beat(self.stack.workdir)
+        self.supervisor.start()
         live_every = round(1 / p.live_fraction) if p.live_fraction > 0 else 0
         configs = fleet.fleet("x", p.bots, p.interval_s, dca_every=1, live_every=live_every)
         live = {c.name for c in configs if c.mode == "live"}
@@ -155,9 +172,9 @@ class Chaos:
         fired = self.stack.sim("/_sim/faults")
         self.stack.sim("/_sim/faults", {"clear": True})
         self._final_reconcile([c for c in configs if c.name in live])
-        self.stack.procs.stop(
-            [w.name for w in self.stack.procs.by_role("engine-worker")] + [beat.name]
-        )
+        self.supervisor.stop()
+        procs = self.stack.procs
+        procs.stop([p.name for p in procs.procs.values() if p.role in ("engine-worker", "beat")])
         return self._check(configs, live, changes, statuses, stopped_ms, stopped_at, fired, t0)
 
     def _await_recovery(self, names: list[str]) -> None:
@@ -169,7 +186,8 @@ class Chaos:
 
         def resumed() -> bool:
             ticks = metrics.engine_ticks(self.rt.db, "x")
-            return {t.bot for t in ticks if t.started > last} >= set(names)
+            traded = {t.bot for t in ticks if t.started > last and t.outcome != "skipped"}
+            return traded >= set(names)
 
         deadline = last + self.profile.recovery_bound_s + 1.0
         while time.time() < deadline and not resumed():
@@ -220,12 +238,16 @@ class Chaos:
                 dup_rejections, exchange_ids, [cid for cid, _ in db_orders]
             ),
             invariants.db_matches_exchange(db_orders, exchange_ids),
-            invariants.recovered_after_faults(
-                self.faults,
-                ticks,
-                [c.name for c in configs],
-                self.profile.recovery_bound_s,
-                stopped_at,
+            *(
+                invariants.recovered_after_faults(
+                    self.faults,
+                    ticks,
+                    [c.name for c in configs],
+                    self.profile.recovery_bound_s,
+                    stopped_at,
+                    trading=trading,
+                )
+                for trading in (False, True)
             ),
             invariants.no_order_after_stop(exchange, owner, stopped_ms),
             invariants.no_bot_in_error(statuses),
@@ -250,6 +272,9 @@ class Chaos:
                 {k: r[k] for k in ("kind", "path", "method", "rate", "fired")}
                 for r in fired["rules"]
             ],
+            # Processes that died by themselves and were restarted (compose's restart
+            # policy would do the same): a finding, not an invariant.
+            "unexpected_exits": self.supervisor.exits,
             "log_events": metrics.event_counts(
                 logs,
                 (
@@ -308,6 +333,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"faults: {result['faults']}",
         f"exchange faults fired: {result['exchange_faults_fired']}",
         f"log events: {result['log_events']}",
+        f"processes that exited by themselves (restarted as compose's `restart: "
+        f"unless-stopped` would): {result['unexpected_exits'] or 'none'}",
         "",
     ]
     return "\n".join(lines)

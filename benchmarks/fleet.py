@@ -151,13 +151,17 @@ def start_bulk(
             }
             for j, c in enumerate(batch)
         ]
-        with rt.db.begin() as conn:
-            conn.execute(insert(Bot), rows)
+        # Mirrors first: a reconciler pass seeing a running row without its mirror
+        # would "restore" it and start a second copy of the chain (harmless, since the
+        # successor compare-and-set keeps one, but it would cost ticks and skew counts).
         for row in rows:
             origin = float(row["origin"])  # type: ignore[arg-type]
             mirror = Mirror("running", 1, origin, float(row["interval_s"]), 0)  # type: ignore[arg-type]
-            if rt.coordinator.publish(mirror, str(row["name"]), origin, parked=False):
-                rt.enqueue(str(row["name"]), 1, 0, origin)
+            rt.coordinator.publish(mirror, str(row["name"]), origin, parked=False)
+        with rt.db.begin() as conn:
+            conn.execute(insert(Bot), rows)
+        for row in rows:
+            rt.enqueue(str(row["name"]), 1, 0, float(row["origin"]))  # type: ignore[arg-type]
     return StartReport("bulk", len(configs), time.time() - t0, 0, 0.0)
 
 

@@ -88,15 +88,18 @@ def recovered_after_faults(
     bots: Sequence[str],
     bound_s: float,
     stopped_at: float,
+    *,
+    trading: bool,
 ) -> Check:
-    """After each fault every bot ran a tick again within `bound_s` seconds.
+    """After each fault every bot ticked again within `bound_s` seconds.
 
-    A `skipped` tick (claimed, but the bot's lock was still held) does not count: it
-    did not trade, and a dead worker's lock is exactly what can keep a bot skipping.
+    `trading=False`: any tick counts (the chain is alive). `trading=True`: only ticks
+    that ran the strategy; a `skipped` tick (claimed while the bot's lock was held) did
+    not trade, and a dead worker's lock is exactly what can keep a bot skipping.
     """
     by_bot: dict[str, list[float]] = {b: [] for b in bots}
     for t in ticks:
-        if t.bot in by_bot and t.outcome != "skipped":
+        if t.bot in by_bot and not (trading and t.outcome == "skipped"):
             by_bot[t.bot].append(t.started)
     for starts in by_bot.values():
         starts.sort()
@@ -114,11 +117,14 @@ def recovered_after_faults(
             {
                 "fault": kind,
                 "at": round(at, 3),
-                "all_resumed_after_s": round(max(known), 1) if known else None,
+                "slowest_bot_s": round(max(known), 1) if known else None,
                 "not_within_bound": late[:20],
             }
         )
-    return Check("every_bot_ticked_again_within_bound", ok, {"bound_s": bound_s, "faults": results})
+    name = (
+        "every_bot_traded_again_within_bound" if trading else "every_bot_ticked_again_within_bound"
+    )
+    return Check(name, ok, {"bound_s": bound_s, "faults": results})
 
 
 def no_order_after_stop(

@@ -50,7 +50,7 @@ def test_bench_tiny_reports_every_field_for_engine_and_baseline(tmp_path: Path) 
     # When the benchmark runs
     done = _run(
         "benchmarks.run",
-        ["--profile", "tiny", "--saturation-s", "5", "--out", str(tmp_path)],
+        ["--profile", "tiny", "--duration", "10", "--saturation-s", "5", "--out", str(tmp_path)],
         timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
