@@ -162,7 +162,9 @@ def _abandoned(rt: Runtime, coordinator: RedisCoordinator, claim: str, now: floa
     """A claim whose tick finished without moving on, or whose worker is gone."""
     kind, _, rest = claim.partition(":")
     if kind == "done":
-        return True
+        # The tick marks its claim done just before its own successor CAS: give it the
+        # grace period to get there, or both would move the chain (and count its gap).
+        return now - float(rest) > rt.settings.reconcile_grace_s
     started, _, worker = rest.partition(":")
     if now - float(started) > rt.settings.tick_time_limit_s:
         return True

@@ -89,7 +89,6 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
                 outcome,
                 error,
                 sent,
-                missed,
                 nxt,
                 state,
             ),
@@ -98,7 +97,7 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
         rt.coordinator.finish(bot, generation, slot)
         metrics.record_tick(rt.redis, outcome.value, started - due, finished - started)
         if status == BotStatus.RUNNING:
-            schedule_successor(rt, bot, mirror, slot, nxt)  # 6. successor, CAS-guarded
+            schedule_successor(rt, bot, mirror, slot, nxt, missed)  # 6. successor (CAS)
         elif status == BotStatus.ERROR:
             retired = Mirror(status.value, generation, mirror.origin, mirror.interval, nxt)
             rt.coordinator.publish(retired, bot, 0.0, parked=False)
@@ -184,7 +183,6 @@ class TickRecord:
     outcome: TickOutcome
     error: str | None
     orders: int
-    missed: int
     next_slot: int
     state: dict[str, Any] | None = None
 
@@ -204,7 +202,6 @@ _UPDATE_BOT = (
     .values(
         ticks_ok=_bots.c.ticks_ok + bindparam("p_ok"),
         ticks_failed=_bots.c.ticks_failed + bindparam("p_failed"),
-        ticks_missed=_bots.c.ticks_missed + bindparam("p_missed"),
         orders_sent=_bots.c.orders_sent + bindparam("p_orders"),
         consecutive_failures=case(
             (bindparam("p_failed") == 1, _bots.c.consecutive_failures + 1), else_=0
@@ -224,6 +221,11 @@ _SET_ERROR = (
     update(_bots)
     .where(_bots.c.name == bindparam("p_name"), _bots.c.generation == bindparam("p_gen"))
     .values(status=BotStatus.ERROR.value, last_error=bindparam("p_error", type_=String))
+)
+_COUNT_MISSED = (
+    update(_bots)
+    .where(_bots.c.name == bindparam("p_name"))
+    .values(ticks_missed=_bots.c.ticks_missed + bindparam("p_missed"))
 )
 _UPDATE_STATE = (
     update(_states)
@@ -269,7 +271,6 @@ def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
                     "p_name": rec.bot,
                     "p_ok": int(rec.outcome is TickOutcome.OK),
                     "p_failed": int(failed),
-                    "p_missed": rec.missed,
                     "p_orders": rec.orders,
                     "p_error": rec.error,
                     "p_at": at,
@@ -305,13 +306,24 @@ def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
         return BotStatus.RUNNING
 
 
-def schedule_successor(rt: Runtime, bot: str, mirror: Mirror, slot: int, nxt: int) -> None:
-    """Step 6: advance next_slot by compare-and-set; only the winner enqueues."""
+def schedule_successor(
+    rt: Runtime, bot: str, mirror: Mirror, slot: int, nxt: int, missed: int
+) -> None:
+    """Step 6: advance next_slot by compare-and-set; only the winner enqueues.
+
+    The winner also counts the slots skipped in between (the reconciler, when it moves a
+    chain, counts its own), so a gap is counted once whoever closes it.
+    """
     due = due_at(mirror.origin, mirror.interval, nxt)
     # Beyond the ETA horizon the slot is parked and the reconciler dispatches it later,
     # so no ETA message waits longer than the horizon (or the visibility timeout).
     parked = due - rt.clock() > rt.settings.eta_horizon_s
-    if rt.coordinator.advance(bot, mirror.generation, slot, nxt, due, parked) and not parked:
+    if not rt.coordinator.advance(bot, mirror.generation, slot, nxt, due, parked):
+        return
+    if missed:
+        with rt.db.begin() as conn:
+            conn.execute(_COUNT_MISSED, {"p_name": bot, "p_missed": missed})
+    if not parked:
         rt.enqueue(bot, mirror.generation, nxt, due)
 
 

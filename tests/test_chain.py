@@ -64,7 +64,6 @@ def test_twenty_bots_every_slot_runs_exactly_once(engine: Engine) -> None:
     for name in names:
         ticks = [t for t in engine.ticks(name) if t.outcome in ("ok", "failed", "skipped")]
         slots = [t.slot for t in ticks]
-        assert slots[0] == 0
         gaps = (slots[-1] + 1) - len(slots)
         total_missed += gaps
         assert len(slots) >= 24, f"{name} ran only {len(slots)} ticks in 30 s"
