@@ -386,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"{run_id}: run dir {stack.workdir}")
         result = Chaos(stack, profile).run()
     result["run"] = run_id
+    result["meta"] = {
+        "machine": report.machine(),
+        "command": " ".join(["python -m benchmarks.chaos", *sys.argv[1:]]),
+    }
     outdir = Path(args.out) if args.out else report.RESULTS
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / f"{run_id}.json").write_text(json.dumps(report.clean(result), indent=2) + "\n")

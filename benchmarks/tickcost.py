@@ -70,8 +70,8 @@ class Counters:
             self._add("redis_pipelines")
             return pipeline(pipe, *args, **kwargs)
 
-        redis.Redis.execute_command = execute_command  # type: ignore[method-assign]
-        redis.client.Pipeline.execute = execute  # type: ignore[method-assign]
+        redis.Redis.execute_command = execute_command  # type: ignore[method-assign,assignment]
+        redis.client.Pipeline.execute = execute  # type: ignore[method-assign,assignment]
 
     def _statement(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         self._add("sql_statements")

@@ -8,8 +8,9 @@ compare-and-set each cost one round trip, done atomically in Lua.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -80,7 +81,9 @@ class Coordinator(Protocol):
         """Mark a claimed slot as run to completion."""
         ...
 
-    def lock(self, bot: str, ttl: float, wait: float) -> AbstractContextManager[bool]:
+    def lock(
+        self, bot: str, ttl: float, wait: float, owner: str = ""
+    ) -> AbstractContextManager[bool]:
         """Per-bot mutual exclusion; yields whether the lock was acquired."""
         ...
 
@@ -109,6 +112,23 @@ if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then
   return {'duplicate', unpack(mirror)}
 end
 return {'run', unpack(mirror)}
+"""
+
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+local holder = redis.call('GET', KEYS[1])
+if not holder then return 0 end
+local worker = string.match(holder, '^(.*)|')
+if worker and worker ~= '' and redis.call('EXISTS', 'worker:' .. worker) == 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 2
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 _ADVANCE = """
@@ -167,6 +187,8 @@ class RedisCoordinator:
         self._advance = client.register_script(_ADVANCE)
         self._unpark = client.register_script(_UNPARK)
         self._publish = client.register_script(_PUBLISH)
+        self._acquire = client.register_script(_ACQUIRE)
+        self._release = client.register_script(_RELEASE)
 
     def begin(self, bot: str, generation: int, slot: int, worker: str) -> Begin:
         """Guard (running, same generation, the expected slot) and claim, atomically."""
@@ -184,19 +206,26 @@ class RedisCoordinator:
         )
 
     @contextmanager
-    def lock(self, bot: str, ttl: float, wait: float) -> Iterator[bool]:
-        """A token lock (redis-py's, released by Lua) that expires after `ttl` seconds."""
-        lock = self.redis.lock(
-            lock_key(bot), timeout=ttl, blocking_timeout=wait, thread_local=False
-        )
-        acquired = bool(lock.acquire(blocking=wait > 0))
+    def lock(self, bot: str, ttl: float, wait: float, owner: str = "") -> Iterator[bool]:
+        """A token lock that expires after `ttl` seconds, released by Lua.
+
+        A tick passes its worker id as `owner`: a later tick may then take the lock over
+        as soon as that worker's heartbeat is gone, instead of skipping every slot until
+        the TTL (the time limit) runs out after a SIGKILL.
+        """
+        token = f"{owner}|{uuid.uuid4().hex}"
+        deadline = time.monotonic() + wait
+        acquired = False
+        while True:
+            acquired = bool(self._acquire(keys=[lock_key(bot)], args=[token, int(ttl * 1000)]))
+            if acquired or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
         try:
             yield acquired
         finally:
             if acquired:
-                # Expired meanwhile: nothing of ours is left to release.
-                with suppress(redis.exceptions.LockError):
-                    lock.release()
+                self._release(keys=[lock_key(bot)], args=[token])
 
     def generation(self, bot: str) -> int | None:
         """The running generation, for fencing right before an order is sent."""

@@ -55,8 +55,8 @@ class MemoryCoordinator:
             self.claims[(bot, generation, slot)] = f"done:{time.time():.3f}"
 
     @contextmanager
-    def lock(self, bot: str, ttl: float, wait: float) -> Iterator[bool]:
-        """A per-bot mutex (ttl is moot: a dead process takes its memory with it)."""
+    def lock(self, bot: str, ttl: float, wait: float, owner: str = "") -> Iterator[bool]:
+        """A per-bot mutex (ttl and owner are moot: a dead process takes its memory along)."""
         with self._guard:
             mutex = self.locks.setdefault(bot, threading.Lock())
         acquired = mutex.acquire(timeout=wait) if wait > 0 else mutex.acquire(blocking=False)

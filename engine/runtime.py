@@ -48,8 +48,8 @@ class Runtime:
     gateway_for: Callable[[BotConfig], Gateway] | None = None
     # Messages waiting in the tick queue (None: unknown); the reconciler backs off on it.
     backlog: Callable[[], int] | None = None
-    # Per (bot, generation): config, strategy and gateway, built once (see tick.bot_setup).
-    setups: dict[tuple[str, int], Any] = field(default_factory=dict)
+    # Per bot: (generation, (config, strategy, gateway)), built once (see tick.bot_setup).
+    setups: dict[str, tuple[int, Any]] = field(default_factory=dict)
 
     def gateway(self, config: BotConfig) -> Gateway:
         """The gateway a bot trades through (process-wide caches live in the factory)."""

@@ -61,7 +61,8 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
     outcome, error, sent, fatal = TickOutcome.OK, None, 0, False
     state: dict[str, Any] | None = None
     try:
-        with rt.coordinator.lock(bot, ttl=rt.settings.tick_time_limit_s + 10, wait=0) as mine:
+        ttl = rt.settings.tick_time_limit_s + 10
+        with rt.coordinator.lock(bot, ttl=ttl, wait=0, owner=rt.worker_id) as mine:
             if not mine:  # 3. another slot of this bot is still inside its run
                 outcome, error = TickOutcome.SKIPPED, "previous tick still running"
             else:
@@ -333,18 +334,17 @@ def bot_setup(rt: Runtime, bot: str, generation: int) -> tuple[BotConfig, Strate
     A generation's config never changes (a new config is a new generation), so this is
     safe to keep until the bot moves on; older generations of the bot are dropped.
     """
-    key = (bot, generation)
-    setup: tuple[BotConfig, Strategy[Any], Gateway] | None = rt.setups.get(key)
-    if setup is None:
-        with Session(rt.db) as session:
-            row = session.get(Bot, bot)
-        if row is None or row.generation != generation:
-            raise FencedError(f"bot {bot} is no longer at generation {generation}")
-        config = BotConfig.model_validate(row.config)
-        setup = (config, build(config.strategy.name, config.strategy.params), rt.gateway(config))
-        for stale in [k for k in rt.setups if k[0] == bot]:
-            del rt.setups[stale]
-        rt.setups[key] = setup
+    cached = rt.setups.get(bot)
+    if cached is not None and cached[0] == generation:
+        return cached[1]  # type: ignore[no-any-return]
+    with Session(rt.db) as session:
+        row = session.get(Bot, bot)
+    if row is None or row.generation != generation:
+        raise FencedError(f"bot {bot} is no longer at generation {generation}")
+    config = BotConfig.model_validate(row.config)
+    setup = (config, build(config.strategy.name, config.strategy.params), rt.gateway(config))
+    # One entry per bot, replaced whole: worker threads read this dict concurrently.
+    rt.setups[bot] = (generation, setup)
     return setup
 
 

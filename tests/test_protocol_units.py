@@ -113,3 +113,22 @@ def test_claim_finish_and_heartbeat(coordinator: RedisCoordinator) -> None:
     assert not coordinator.alive("host:1")
     coordinator.heartbeat("host:1", 10)
     assert coordinator.alive("host:1")
+
+
+def test_a_dead_workers_lock_is_taken_over(coordinator: RedisCoordinator) -> None:
+    # Given a tick of worker "dead:1" holding the bot lock, and that worker's heartbeat gone
+    with coordinator.lock("b", ttl=60, wait=0, owner="dead:1") as held:
+        assert held
+        # When another worker's tick tries the lock, it takes it over
+        with coordinator.lock("b", ttl=60, wait=0, owner="live:2") as taken:
+            assert taken
+    # But a live worker's lock, or an owner-less one (a stop draining), is never taken
+    coordinator.heartbeat("live:3", 10)
+    with coordinator.lock("b", ttl=60, wait=0, owner="live:3") as held:
+        assert held
+        with coordinator.lock("b", ttl=60, wait=0, owner="other:4") as taken:
+            assert not taken
+    with coordinator.lock("b", ttl=60, wait=0) as held:
+        assert held
+        with coordinator.lock("b", ttl=60, wait=0, owner="other:4") as taken:
+            assert not taken
