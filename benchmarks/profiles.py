@@ -45,13 +45,16 @@ class BenchProfile:
 
     def with_overrides(self, **changes: Any) -> BenchProfile:
         """A copy with the non-None fields of `changes` replaced (worker fields too)."""
-        worker_fields = {f.name for f in fields(WorkerSpec)}
-        worker = replace(
-            self.worker,
-            **{k: v for k, v in changes.items() if k in worker_fields and v is not None},
-        )
-        rest = {k: v for k, v in changes.items() if k not in worker_fields and v is not None}
-        return replace(self, worker=worker, **rest)
+        return _override(self, changes)
+
+
+def _override(profile: Any, changes: dict[str, Any]) -> Any:
+    """`profile` with the non-None `changes` applied, WorkerSpec fields to its `worker`."""
+    worker_fields = {f.name for f in fields(WorkerSpec)}
+    given = {k: v for k, v in changes.items() if v is not None}
+    worker = replace(profile.worker, **{k: v for k, v in given.items() if k in worker_fields})
+    rest = {k: v for k, v in given.items() if k not in worker_fields}
+    return replace(profile, worker=worker, **rest)
 
 
 BENCH_PROFILES: dict[str, BenchProfile] = {
@@ -113,13 +116,7 @@ class ChaosProfile:
 
     def with_overrides(self, **changes: Any) -> ChaosProfile:
         """A copy with the non-None fields of `changes` replaced (worker fields too)."""
-        worker_fields = {f.name for f in fields(WorkerSpec)}
-        worker = replace(
-            self.worker,
-            **{k: v for k, v in changes.items() if k in worker_fields and v is not None},
-        )
-        rest = {k: v for k, v in changes.items() if k not in worker_fields and v is not None}
-        return replace(self, worker=worker, **rest)
+        return _override(self, changes)
 
 
 CHAOS_PROFILES: dict[str, ChaosProfile] = {
