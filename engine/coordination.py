@@ -2,7 +2,9 @@
 
 The database is the authority on every bot; Redis mirrors the hot fields (status,
 generation, origin, interval, next slot) so that a tick's guard, claim and successor
-compare-and-set each cost one round trip, done atomically in Lua.
+compare-and-set cost one round trip each, done atomically in Lua: a tick makes two
+(`begin`: guard, claim and bot lock; `complete`: claim done, lock released, successor
+compare-and-set), plus the successor's message.
 """
 
 from __future__ import annotations
@@ -64,21 +66,36 @@ class Mirror:
 
 @dataclass(frozen=True, slots=True)
 class Begin:
-    """The answer of `begin`: the verdict and, when known, the mirror."""
+    """The answer of `begin`: the verdict, the mirror when known, and for a tick that
+    runs the bot lock's token ("" when another slot of the bot still holds the lock)."""
 
     verdict: Verdict
     mirror: Mirror | None = None
+    lock: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Next:
+    """The successor a finishing tick proposes: its slot, due time and whether it is
+    parked (too far away for an ETA message)."""
+
+    slot: int
+    due: float
+    parked: bool
 
 
 class Coordinator(Protocol):
     """Shared state the tick needs; Redis in production, memory in `botengine run`."""
 
-    def begin(self, bot: str, generation: int, slot: int, worker: str) -> Begin:
-        """Guard and claim `slot` in one step."""
+    def begin(self, bot: str, generation: int, slot: int, worker: str, lock_ttl: float) -> Begin:
+        """Guard and claim `slot`, and take the bot lock, in one step."""
         ...
 
-    def finish(self, bot: str, generation: int, slot: int) -> None:
-        """Mark a claimed slot as run to completion."""
+    def complete(
+        self, bot: str, generation: int, slot: int, lock: str, successor: Next | None
+    ) -> bool:
+        """Mark a claimed slot done, release its lock, and compare-and-set the next slot
+        from `slot` to `successor` (None: no successor). True for the CAS winner."""
         ...
 
     def lock(
@@ -102,7 +119,40 @@ class Coordinator(Protocol):
         ...
 
 
-_BEGIN = """
+# Shared Lua functions, prepended to the scripts that use them.
+_TAKE_LOCK = """
+local function take_lock(key, token, ttl_ms)
+  if redis.call('SET', key, token, 'NX', 'PX', ttl_ms) then return 1 end
+  local holder = redis.call('GET', key)
+  if not holder then return 0 end
+  -- A lock whose worker's heartbeat is gone (SIGKILL) is taken over, not waited out.
+  local worker = string.match(holder, '^(.*)|')
+  if worker and worker ~= '' and redis.call('EXISTS', 'worker:' .. worker) == 0 then
+    redis.call('SET', key, token, 'PX', ttl_ms)
+    return 2
+  end
+  return 0
+end
+"""
+
+_MOVE_NEXT = """
+local function move_next(bot_key, schedule, parked, gen, expected, new, due, park, bot)
+  local h = redis.call('HMGET', bot_key, 'status', 'gen', 'next_slot')
+  if h[1] ~= 'running' or h[2] ~= gen or h[3] ~= expected then return 0 end
+  redis.call('HSET', bot_key, 'next_slot', new)
+  redis.call('ZADD', schedule, due, bot)
+  if park == '1' then
+    redis.call('ZADD', parked, due, bot)
+  else
+    redis.call('ZREM', parked, bot)
+  end
+  return 1
+end
+"""
+
+_BEGIN = (
+    _TAKE_LOCK
+    + """
 local h = redis.call('HMGET', KEYS[1], 'status', 'gen', 'next_slot', 'origin', 'interval')
 if not h[1] then return {'missing'} end
 local mirror = {h[1], h[2], h[3], h[4], h[5]}
@@ -111,38 +161,33 @@ if ARGV[2] ~= h[3] then return {'stale', unpack(mirror)} end
 if not redis.call('SET', KEYS[2], ARGV[3], 'NX', 'EX', ARGV[4]) then
   return {'duplicate', unpack(mirror)}
 end
-return {'run', unpack(mirror)}
+return {'run', h[1], h[2], h[3], h[4], h[5], take_lock(KEYS[3], ARGV[5], ARGV[6])}
 """
+)
 
-_ACQUIRE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-local holder = redis.call('GET', KEYS[1])
-if not holder then return 0 end
-local worker = string.match(holder, '^(.*)|')
-if worker and worker ~= '' and redis.call('EXISTS', 'worker:' .. worker) == 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 2
-end
-return 0
-"""
+_ACQUIRE = _TAKE_LOCK + "return take_lock(KEYS[1], ARGV[1], ARGV[2])"
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-_ADVANCE = """
-local h = redis.call('HMGET', KEYS[1], 'status', 'gen', 'next_slot')
-if h[1] ~= 'running' or h[2] ~= ARGV[1] or h[3] ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'next_slot', ARGV[3])
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[6])
-if ARGV[5] == '1' then
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
-else
-  redis.call('ZREM', KEYS[3], ARGV[6])
-end
-return 1
+_COMPLETE = (
+    _MOVE_NEXT
+    + """
+redis.call('SET', KEYS[2], ARGV[1], 'XX', 'KEEPTTL')
+if ARGV[2] ~= '' and redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
+if ARGV[3] ~= '1' then return 0 end
+return move_next(KEYS[1], KEYS[4], KEYS[5], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 """
+)
+
+_ADVANCE = (
+    _MOVE_NEXT
+    + """
+return move_next(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+"""
+)
 
 _PUBLISH = """
 local gen = redis.call('HGET', KEYS[1], 'gen')
@@ -178,7 +223,7 @@ def _mirror(fields: list[bytes | None]) -> Mirror | None:
 
 
 class RedisCoordinator:
-    """The production coordinator; every method is one round trip."""
+    """The production coordinator; every method is one round trip (but `lock`'s wait)."""
 
     def __init__(self, client: redis.Redis, claim_ttl_s: int) -> None:
         self.redis = client
@@ -189,21 +234,55 @@ class RedisCoordinator:
         self._publish = client.register_script(_PUBLISH)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
+        self._complete = client.register_script(_COMPLETE)
 
-    def begin(self, bot: str, generation: int, slot: int, worker: str) -> Begin:
-        """Guard (running, same generation, the expected slot) and claim, atomically."""
+    def begin(self, bot: str, generation: int, slot: int, worker: str, lock_ttl: float) -> Begin:
+        """Guard (running, same generation, the expected slot), claim, and take the bot
+        lock, atomically. The lock records `worker`, so a later tick can take it over
+        once that worker's heartbeat is gone (see `lock`)."""
+        token = f"{worker}|{uuid.uuid4().hex}"
         raw = self._begin(
-            keys=[bot_key(bot), claim_key(bot, generation, slot)],
-            args=[generation, slot, f"run:{time.time():.3f}:{worker}", self.claim_ttl_s],
+            keys=[bot_key(bot), claim_key(bot, generation, slot), lock_key(bot)],
+            args=[
+                generation,
+                slot,
+                f"run:{time.time():.3f}:{worker}",
+                self.claim_ttl_s,
+                token,
+                int(lock_ttl * 1000),
+            ],
         )
         verdict = Verdict(raw[0].decode())
-        return Begin(verdict, _mirror(raw[1:]) if len(raw) > 1 else None)
+        locked = verdict is Verdict.RUN and bool(raw[6])
+        return Begin(verdict, _mirror(raw[1:6]) if len(raw) > 1 else None, token if locked else "")
 
-    def finish(self, bot: str, generation: int, slot: int) -> None:
-        """Mark the claim done, so the reconciler knows the slot is not in flight."""
-        self.redis.set(
-            claim_key(bot, generation, slot), f"done:{time.time():.3f}", xx=True, keepttl=True
+    def complete(
+        self, bot: str, generation: int, slot: int, lock: str, successor: Next | None
+    ) -> bool:
+        """Mark the claim done (the reconciler then knows the slot is not in flight),
+        release the bot lock, and move next_slot to `successor` if nobody else did."""
+        nxt = successor or Next(slot, 0.0, False)
+        won = self._complete(
+            keys=[
+                bot_key(bot),
+                claim_key(bot, generation, slot),
+                lock_key(bot),
+                SCHEDULE,
+                PARKED,
+            ],
+            args=[
+                f"done:{time.time():.3f}",
+                lock,
+                int(successor is not None),
+                generation,
+                slot,
+                nxt.slot,
+                f"{nxt.due:.3f}",
+                int(nxt.parked),
+                bot,
+            ],
         )
+        return bool(won)
 
     @contextmanager
     def lock(self, bot: str, ttl: float, wait: float, owner: str = "") -> Iterator[bool]:

@@ -23,7 +23,9 @@ def make_engine(url: str) -> Engine:
             url,
             # Worker threads share the engine; SQLite's own locking serialises writers.
             connect_args={"check_same_thread": False, "timeout": 30},
-            poolclass=StaticPool if memory else None,
+            # Room for every worker thread: a connection past the pool size is closed on
+            # return and opened again (with its PRAGMAs) by the next tick.
+            **({"poolclass": StaticPool} if memory else {"pool_size": 16, "max_overflow": 16}),
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from engine import lifecycle
 from engine.config import BotConfig
-from engine.coordination import Begin, Mirror, Verdict
+from engine.coordination import Begin, Mirror, Next, Verdict
 from engine.db import engine_for, migrate
 from engine.logging import get_logger
 from engine.runtime import Runtime
@@ -34,8 +34,9 @@ class MemoryCoordinator:
     locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
-    def begin(self, bot: str, generation: int, slot: int, worker: str) -> Begin:
-        """Guard and claim a slot atomically."""
+    def begin(self, bot: str, generation: int, slot: int, worker: str, lock_ttl: float) -> Begin:
+        """Guard and claim a slot and take the bot's mutex, atomically (the ttl is moot:
+        a dead process takes its memory along)."""
         with self._guard:
             mirror = self.mirrors.get(bot)
             if mirror is None:
@@ -47,12 +48,21 @@ class MemoryCoordinator:
             if (bot, generation, slot) in self.claims:
                 return Begin(Verdict.DUPLICATE, mirror)
             self.claims[(bot, generation, slot)] = f"run:{time.time():.3f}:{worker}"
-            return Begin(Verdict.RUN, mirror)
+            mutex = self.locks.setdefault(bot, threading.Lock())
+            locked = mutex.acquire(blocking=False)
+            return Begin(Verdict.RUN, mirror, f"{worker}|{slot}" if locked else "")
 
-    def finish(self, bot: str, generation: int, slot: int) -> None:
-        """Mark a claim done."""
+    def complete(
+        self, bot: str, generation: int, slot: int, lock: str, successor: Next | None
+    ) -> bool:
+        """Mark a claim done, release the bot's mutex and compare-and-set the next slot."""
         with self._guard:
             self.claims[(bot, generation, slot)] = f"done:{time.time():.3f}"
+            if lock:
+                self.locks[bot].release()
+        if successor is None:
+            return False
+        return self.advance(bot, generation, slot, successor.slot, successor.due, successor.parked)
 
     @contextmanager
     def lock(self, bot: str, ttl: float, wait: float, owner: str = "") -> Iterator[bool]:

@@ -11,6 +11,7 @@ import re
 import sys
 import threading
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any, TextIO
 
 import structlog
@@ -19,6 +20,12 @@ from structlog.typing import EventDict, Processor
 _SECRET_KEY = re.compile(r"(secret|password|passwd|token|api_?key|authorization|signature)", re.I)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
 _REDACTED = "***"
+
+
+@lru_cache(maxsize=4096)
+def _secret_key(key: str) -> bool:
+    """Whether a field named `key` holds a secret (log lines reuse a few key names)."""
+    return _SECRET_KEY.search(key) is not None
 
 
 class SecretRedactor:
@@ -40,14 +47,15 @@ class SecretRedactor:
 
     def redact_text(self, text: str) -> str:
         """Return `text` with URL passwords and registered secret values replaced."""
-        text = _URL_PASSWORD.sub(rf"\g<scheme>\g<user>:{_REDACTED}@", text)
+        if "@" in text:  # every log line passes here: skip the regex where it cannot match
+            text = _URL_PASSWORD.sub(rf"\g<scheme>\g<user>:{_REDACTED}@", text)
         for value in self._values:
             if value in text:
                 text = text.replace(value, _REDACTED)
         return text
 
     def _clean(self, key: str, value: Any) -> Any:
-        if _SECRET_KEY.search(key) and value not in (None, "", False):
+        if _secret_key(key) and value not in (None, "", False):
             return _REDACTED
         if isinstance(value, str):
             return self.redact_text(value)

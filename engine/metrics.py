@@ -2,9 +2,12 @@
 
 Workers do not serve metrics themselves (a scrape would see one process of many, and
 prefork children come and go). Instead each event is recorded into a few Redis hashes
-— one pipeline per tick, a handful of HINCRBY/HINCRBYFLOAT — and the API's `/metrics`
+(HINCRBY/HINCRBYFLOAT) and the API's `/metrics`
 renders those hashes with a custom collector at scrape time. Gauges that the database
 already knows (bots by status, orders by status) are read from it at scrape time too.
+
+Ticks are the hot path: a worker adds them up in a `TickBuffer` and writes the sums in
+one pipeline every second or so, so a tick costs no round trip for its metrics.
 
 Counters in Redis only grow; a Redis restart without persistence resets them, which
 Prometheus treats as an ordinary counter reset.
@@ -13,7 +16,10 @@ Prometheus treats as an ordinary counter reset.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import redis as redis_lib
@@ -35,7 +41,7 @@ log = get_logger("engine.metrics")
 
 PREFIX = "metrics:"
 TICKS = f"{PREFIX}ticks"  # outcome -> count
-LATENESS = f"{PREFIX}tick_lateness"  # histogram hash (see _observe)
+LATENESS = f"{PREFIX}tick_lateness"  # histogram hash (see _tick_fields)
 DURATION = f"{PREFIX}tick_duration"
 EXCHANGE_REQUESTS = f"{PREFIX}exchange_requests"  # "exchange|outcome" -> count
 RATE_LIMIT = f"{PREFIX}rate_limit_waits"  # "count|exchange", "sum|exchange"
@@ -58,24 +64,31 @@ def _bucket_field(value: float) -> str:
     return "le:+Inf"
 
 
-def _observe(pipe: Pipeline, key: str, value: float) -> None:
-    value = max(0.0, value)  # a tick started a hair before its due time is on time
-    pipe.hincrby(key, _bucket_field(value), 1)
-    pipe.hincrby(key, "count", 1)
-    pipe.hincrbyfloat(key, "sum", value)
+def _tick_fields(
+    outcome: str, lateness_s: float, duration_s: float
+) -> list[tuple[str, str, float]]:
+    """(hash, field, increment) for one tick; a `sum` field takes a float increment."""
+    fields: list[tuple[str, str, float]] = [(TICKS, outcome, 1)]
+    for key, value in ((LATENESS, lateness_s), (DURATION, duration_s)):
+        value = max(0.0, value)  # a tick started a hair before its due time is on time
+        fields += [(key, _bucket_field(value), 1), (key, "count", 1), (key, "sum", value)]
+    return fields
 
 
-def _run(
-    redis: redis_lib.Redis | None, pipe: Pipeline | None, fill: Callable[[Pipeline], None]
-) -> None:
-    """Add commands to `pipe` (the caller executes it), or send them in a pipeline now.
+def _apply(pipe: Pipeline, fields: Iterable[tuple[tuple[str, str], float]]) -> None:
+    for (key, name), amount in fields:
+        if name == "sum":
+            pipe.hincrbyfloat(key, name, amount)
+        else:
+            pipe.hincrby(key, name, int(amount))
+
+
+def _run(redis: redis_lib.Redis | None, fill: Callable[[Pipeline], None]) -> None:
+    """Send the commands `fill` adds in one pipeline.
 
     Metrics never break what they measure: a Redis failure is logged and dropped. No
     Redis (`botengine run`, in-process) means nothing to record into.
     """
-    if pipe is not None:
-        fill(pipe)
-        return
     if redis is None:
         return
     own = redis.pipeline(transaction=False)
@@ -87,20 +100,53 @@ def _run(
 
 
 def record_tick(
-    redis: redis_lib.Redis | None,
-    outcome: str,
-    lateness_s: float,
-    duration_s: float,
-    pipe: Pipeline | None = None,
+    redis: redis_lib.Redis | None, outcome: str, lateness_s: float, duration_s: float
 ) -> None:
-    """Count one tick by outcome and observe its lateness and duration (seconds)."""
+    """Count one tick by outcome and observe its lateness and duration (seconds), now."""
+    fields = [((k, f), v) for k, f, v in _tick_fields(outcome, lateness_s, duration_s)]
+    _run(redis, lambda p: _apply(p, fields))
 
-    def fill(p: Pipeline) -> None:
-        p.hincrby(TICKS, outcome, 1)
-        _observe(p, LATENESS, lateness_s)
-        _observe(p, DURATION, duration_s)
 
-    _run(redis, pipe, fill)
+class TickBuffer:
+    """Tick observations added up in this process and written at most every `flush_s`
+    seconds, in one pipeline (`flush_s` 0: at once).
+
+    The worker's heartbeat thread also flushes, so an idle worker's last ticks show
+    within seconds. A SIGKILL loses at most `flush_s` of observations; the ticks table
+    stays the authority.
+    """
+
+    def __init__(
+        self,
+        redis: redis_lib.Redis | None,
+        flush_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.redis = redis
+        self.flush_s = flush_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, str], float] = defaultdict(float)
+        self._flushed_at = clock()
+
+    def add(self, outcome: str, lateness_s: float, duration_s: float) -> None:
+        """Observe one tick; flush when the last flush is `flush_s` old."""
+        if self.redis is None:
+            return
+        with self._lock:
+            for key, name, amount in _tick_fields(outcome, lateness_s, duration_s):
+                self._pending[(key, name)] += amount
+            due = self.clock() - self._flushed_at >= self.flush_s
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what was added since the last flush."""
+        with self._lock:
+            pending, self._pending = self._pending, defaultdict(float)
+            self._flushed_at = self.clock()
+        if pending:
+            _run(self.redis, lambda p: _apply(p, pending.items()))
 
 
 def record_reconcile(redis: redis_lib.Redis | None, report: dict[str, int]) -> None:
@@ -112,12 +158,12 @@ def record_reconcile(redis: redis_lib.Redis | None, report: dict[str, int]) -> N
             p.hincrby(RECONCILER, kind, n)
 
     if actions:
-        _run(redis, None, fill)
+        _run(redis, fill)
 
 
 def record_exchange_request(redis: redis_lib.Redis | None, exchange: str, outcome: str) -> None:
     """Count one request to an exchange by outcome (ok, temporary, rejected, ...)."""
-    _run(redis, None, lambda p: p.hincrby(EXCHANGE_REQUESTS, f"{exchange}{_SEP}{outcome}", 1))
+    _run(redis, lambda p: p.hincrby(EXCHANGE_REQUESTS, f"{exchange}{_SEP}{outcome}", 1))
 
 
 def record_rate_limit_wait(redis: redis_lib.Redis | None, exchange: str, seconds: float) -> None:
@@ -127,7 +173,7 @@ def record_rate_limit_wait(redis: redis_lib.Redis | None, exchange: str, seconds
         p.hincrby(RATE_LIMIT, f"count{_SEP}{exchange}", 1)
         p.hincrbyfloat(RATE_LIMIT, f"sum{_SEP}{exchange}", max(0.0, seconds))
 
-    _run(redis, None, fill)
+    _run(redis, fill)
 
 
 def _num(raw: bytes) -> float:

@@ -21,6 +21,7 @@ from sqlalchemy import Engine
 
 from engine.coordination import Coordinator, RedisCoordinator
 from engine.db import engine_for
+from engine.metrics import TickBuffer
 from engine.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -50,6 +51,10 @@ class Runtime:
     backlog: Callable[[], int] | None = None
     # Per bot: (generation, (config, strategy, gateway)), built once (see tick.bot_setup).
     setups: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    tick_metrics: TickBuffer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tick_metrics = TickBuffer(self.redis, self.settings.metrics_flush_s)
 
     def gateway(self, config: BotConfig) -> Gateway:
         """The gateway a bot trades through (process-wide caches live in the factory)."""
@@ -143,6 +148,7 @@ def start_heartbeat(runtime: Runtime) -> None:
             # Redis down: the claims are gone too, and the reconciler resyncs afterwards.
             with suppress(redis.RedisError):
                 coordinator.heartbeat(runtime.worker_id, HEARTBEAT_TTL_S)
+            runtime.tick_metrics.flush()  # an idle worker's last ticks show too
             time.sleep(HEARTBEAT_EVERY_S)
 
     coordinator.heartbeat(runtime.worker_id, HEARTBEAT_TTL_S)

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     eta_horizon_s: int = Field(300, ge=10)
     visibility_timeout_s: int = Field(3600, ge=60)
     stop_drain_timeout_s: float = Field(30.0, ge=0)
+    # Tick metrics are summed in each worker and written to Redis this often (0: per tick).
+    metrics_flush_s: float = Field(1.0, ge=0)
     # Maintenance. The *_every_s overrides replace the calendar schedules (hourly
     # snapshot, daily cleanup at 02:00, cache clean-up every 6 h) with plain intervals.
     retention_days: int = Field(30, ge=1)

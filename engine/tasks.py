@@ -52,6 +52,13 @@ def _on_process_start(**_: Any) -> None:
     start_heartbeat(get_runtime())
 
 
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _on_shutdown(**_: Any) -> None:
+    """Write the tick metrics this process still holds."""
+    get_runtime().tick_metrics.flush()
+
+
 @signals.worker_ready.connect
 def _on_worker_ready(**_: Any) -> None:
     """Heartbeat, and settle orders a crashed predecessor may have left open or unknown."""

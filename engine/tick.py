@@ -13,12 +13,12 @@ from typing import Any
 from sqlalchemy import JSON, String, bindparam, case, func, insert, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from engine import logging as elog
-from engine import metrics, notify, orders
+from engine import notify, orders
 from engine.config import BotConfig
-from engine.coordination import Mirror, Verdict
+from engine.coordination import Mirror, Next, Verdict
 from engine.domain import MarketContext
 from engine.errors import ExchangeBannedError, FencedError, OperationalError
 from engine.exchange.gateway import Gateway
@@ -44,7 +44,9 @@ def run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome |
 
 
 def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome | None:
-    begin = rt.coordinator.begin(bot, generation, slot, rt.worker_id)  # 1. guard + 2. claim
+    ttl = rt.settings.tick_time_limit_s + 10
+    # 1. guard + 2. claim + 3. the bot lock, in one round trip.
+    begin = rt.coordinator.begin(bot, generation, slot, rt.worker_id, ttl)
     if begin.verdict is not Verdict.RUN or begin.mirror is None:
         event = (
             "tick.duplicate"
@@ -61,14 +63,12 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
     outcome, error, sent, fatal = TickOutcome.OK, None, 0, False
     state: dict[str, Any] | None = None
     try:
-        ttl = rt.settings.tick_time_limit_s + 10
-        with rt.coordinator.lock(bot, ttl=ttl, wait=0, owner=rt.worker_id) as mine:
-            if not mine:  # 3. another slot of this bot is still inside its run
-                outcome, error = TickOutcome.SKIPPED, "previous tick still running"
-            else:
-                # Reads and rate-limit waits end well before the hard time limit.
-                with time_budget(rt.settings.tick_time_limit_s * 0.8):
-                    sent, state = trade(rt, bot, generation, slot, due)  # 4. run
+        if not begin.lock:  # 3. another slot of this bot is still inside its run
+            outcome, error = TickOutcome.SKIPPED, "previous tick still running"
+        else:
+            # Reads and rate-limit waits end well before the hard time limit.
+            with time_budget(rt.settings.tick_time_limit_s * 0.8):
+                sent, state = trade(rt, bot, generation, slot, due)  # 4. run
     except (FencedError, ExchangeBannedError) as exc:
         outcome, error = TickOutcome.SKIPPED, str(exc)
     except OperationalError as exc:
@@ -77,30 +77,24 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
         outcome, error = TickOutcome.FAILED, f"{type(exc).__name__}: {exc}"
     finally:
         finished = rt.clock()
-        nxt, missed = successor(mirror.origin, mirror.interval, slot, finished)
-        status = record(
-            rt,
-            TickRecord(
-                bot,
-                generation,
-                slot,
-                due,
-                started,
-                finished,
-                outcome,
-                error,
-                sent,
-                nxt,
-                state,
-            ),
-            fatal,
-        )  # 5. record
-        rt.coordinator.finish(bot, generation, slot)
-        metrics.record_tick(rt.redis, outcome.value, started - due, finished - started)
-        if status == BotStatus.RUNNING:
-            schedule_successor(rt, bot, mirror, slot, nxt, missed)  # 6. successor (CAS)
-        elif status == BotStatus.ERROR:
-            retired = Mirror(status.value, generation, mirror.origin, mirror.interval, nxt)
+        next_slot, missed = successor(mirror.origin, mirror.interval, slot, finished)
+        nxt = plan_next(rt, mirror, next_slot)
+        record_ = TickRecord(
+            bot, generation, slot, due, started, finished, outcome, error, sent, nxt.slot, state
+        )
+        try:
+            status = record(rt, record_, fatal)  # 5. record
+        except BaseException:
+            # No record, no successor: free the slot and the bot; the reconciler moves on.
+            rt.coordinator.complete(bot, generation, slot, begin.lock, None)
+            raise
+        # 6. successor: claim done, lock released and next_slot compare-and-set at once.
+        plan = nxt if status == BotStatus.RUNNING else None
+        if rt.coordinator.complete(bot, generation, slot, begin.lock, plan):
+            send_successor(rt, bot, generation, nxt, missed)
+        rt.tick_metrics.add(outcome.value, started - due, finished - started)
+        if status == BotStatus.ERROR:
+            retired = Mirror(status.value, generation, mirror.origin, mirror.interval, nxt.slot)
             rt.coordinator.publish(retired, bot, 0.0, parked=False)
             log.error("bot.error", reason=error)
             notify.notify(notify.BOT_ERROR, bot=bot, generation=generation, slot=slot, error=error)
@@ -125,7 +119,8 @@ def trade(
     """
     config, strategy, gateway = bot_setup(rt, bot, generation)
     elog.bind(exchange=config.exchange, symbol=config.symbol)
-    if rt.redis is not None and (until := ban_until(rt.redis, config.exchange)) is not None:
+    until = ban_until(rt.redis, config.exchange, max_age_s=1.0) if rt.redis else None
+    if until is not None:
         raise ExchangeBannedError(f"{config.exchange} banned this IP until {until:.0f}")
     # Settle what earlier ticks left open or unknown, before deciding anything new.
     _, still_open = orders.settle(rt.db, bot, gateway, grace_s=rt.settings.reconcile_grace_s)
@@ -307,25 +302,27 @@ def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
         return BotStatus.RUNNING
 
 
-def schedule_successor(
-    rt: Runtime, bot: str, mirror: Mirror, slot: int, nxt: int, missed: int
-) -> None:
-    """Step 6: advance next_slot by compare-and-set; only the winner enqueues.
+def plan_next(rt: Runtime, mirror: Mirror, slot: int) -> Next:
+    """The successor slot with its due time, parked when beyond the ETA horizon (the
+    reconciler dispatches it later, so no ETA message waits longer than the horizon or
+    the visibility timeout)."""
+    due = due_at(mirror.origin, mirror.interval, slot)
+    return Next(slot, due, due - rt.clock() > rt.settings.eta_horizon_s)
 
-    The winner also counts the slots skipped in between (the reconciler, when it moves a
-    chain, counts its own), so a gap is counted once whoever closes it.
+
+def send_successor(rt: Runtime, bot: str, generation: int, nxt: Next, missed: int) -> None:
+    """Step 6, for the compare-and-set winner: count the skipped slots and send the
+    successor's message.
+
+    Only the winner counts the gap (the reconciler, when it moves a chain, counts its
+    own), so a gap is counted once whoever closes it. A parked slot gets no message:
+    the reconciler dispatches it once it comes inside the ETA horizon.
     """
-    due = due_at(mirror.origin, mirror.interval, nxt)
-    # Beyond the ETA horizon the slot is parked and the reconciler dispatches it later,
-    # so no ETA message waits longer than the horizon (or the visibility timeout).
-    parked = due - rt.clock() > rt.settings.eta_horizon_s
-    if not rt.coordinator.advance(bot, mirror.generation, slot, nxt, due, parked):
-        return
     if missed:
         with rt.db.begin() as conn:
             conn.execute(_COUNT_MISSED, {"p_name": bot, "p_missed": missed})
-    if not parked:
-        rt.enqueue(bot, mirror.generation, nxt, due)
+    if not nxt.parked:
+        rt.enqueue(bot, generation, nxt.slot, nxt.due)
 
 
 def bot_setup(rt: Runtime, bot: str, generation: int) -> tuple[BotConfig, Strategy[Any], Gateway]:
@@ -348,9 +345,11 @@ def bot_setup(rt: Runtime, bot: str, generation: int) -> tuple[BotConfig, Strate
     return setup
 
 
+_LOAD_STATE = sa_select(_states.c.state).where(_states.c.bot == bindparam("p_bot"))
+
+
 def load_state(rt: Runtime, bot: str) -> dict[str, Any]:
     """The strategy's persisted state for this bot ({} before its first save)."""
-    with Session(rt.db) as session:
-        query = sa_select(col(StrategyState.state)).where(col(StrategyState.bot) == bot)
-        state = session.execute(query).scalar_one_or_none()
+    with rt.db.connect() as conn:
+        state = conn.execute(_LOAD_STATE, {"p_bot": bot}).scalar_one_or_none()
     return dict(state) if state is not None else {}

@@ -72,15 +72,29 @@ def test_ticks_are_counted_and_histograms_are_cumulative(
     assert s[(f"{dur}_sum", ())] == pytest.approx(75.4)
 
 
-def test_a_tick_can_record_into_the_callers_pipeline(redis_client: redis.Redis) -> None:
-    # Given a pipeline the tick uses for its own writes
-    pipe = redis_client.pipeline(transaction=False)
-    # When the tick's metrics are added to it
-    metrics.record_tick(redis_client, "ok", 0.1, 0.2, pipe=pipe)
-    # Then nothing is written until the caller executes it, then all of it at once
+def test_a_worker_buffers_tick_metrics_and_writes_them_at_most_every_flush(
+    redis_client: redis.Redis,
+) -> None:
+    # Given a buffer flushing every 10 s on a clock the test moves
+    now = [0.0]
+    buffer = metrics.TickBuffer(redis_client, 10.0, clock=lambda: now[0])
+    # When ticks are added within the period
+    buffer.add("ok", 0.1, 0.2)
+    buffer.add("ok", 0.3, 0.2)
+    buffer.add("skipped", 0.0, 0.0)
+    # Then nothing is written yet
     assert redis_client.hgetall(metrics.TICKS) == {}
-    pipe.execute()
-    assert redis_client.hgetall(metrics.TICKS) == {b"ok": b"1"}
+    # When the period is over, the next tick writes all of them at once, summed
+    now[0] = 10.0
+    buffer.add("failed", 0.02, 1.0)
+    assert redis_client.hgetall(metrics.TICKS) == {b"ok": b"2", b"skipped": b"1", b"failed": b"1"}
+    lateness = redis_client.hgetall(metrics.LATENESS)
+    assert lateness[b"count"] == b"4"
+    assert float(lateness[b"sum"]) == pytest.approx(0.42)
+    # And an explicit flush (heartbeat, shutdown) writes what is left
+    buffer.add("ok", 0.1, 0.2)
+    buffer.flush()
+    assert redis_client.hget(metrics.TICKS, "ok") == b"3"
 
 
 def test_reconciler_exchange_and_rate_limit_counters(

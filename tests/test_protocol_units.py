@@ -10,7 +10,7 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.coordination import PARKED, SCHEDULE, Mirror, RedisCoordinator, Verdict
+from engine.coordination import PARKED, SCHEDULE, Mirror, Next, RedisCoordinator, Verdict
 from engine.inprocess import MemoryCoordinator
 from engine.schedule import due_at, first_slot_after, next_runnable, successor
 
@@ -47,26 +47,69 @@ def _publish(c: RedisCoordinator | MemoryCoordinator, gen: int = 1, slot: int = 
 @pytest.mark.parametrize("kind", ["redis", "memory"])
 def test_begin_guards_and_claims(kind: str, coordinator: RedisCoordinator) -> None:
     c = coordinator if kind == "redis" else MemoryCoordinator()
-    assert c.begin("b", 1, 0, "w").verdict is Verdict.MISSING
+    assert c.begin("b", 1, 0, "w", 60).verdict is Verdict.MISSING
     _publish(c)
-    assert c.begin("b", 2, 0, "w").verdict is Verdict.DROPPED  # another generation
-    assert c.begin("b", 1, 1, "w").verdict is Verdict.STALE  # not the expected slot
-    first = c.begin("b", 1, 0, "w")
+    assert c.begin("b", 2, 0, "w", 60).verdict is Verdict.DROPPED  # another generation
+    assert c.begin("b", 1, 1, "w", 60).verdict is Verdict.STALE  # not the expected slot
+    first = c.begin("b", 1, 0, "w", 60)
     assert first.verdict is Verdict.RUN
     assert first.mirror == Mirror("running", 1, 1000.0, 5.0, 0)
-    assert c.begin("b", 1, 0, "w").verdict is Verdict.DUPLICATE
+    assert first.lock  # and the bot lock with it
+    assert c.begin("b", 1, 0, "w", 60).verdict is Verdict.DUPLICATE
     # Only one of two racing successors wins the compare-and-set
     assert c.advance("b", 1, 0, 1, 1005.0, False)
     assert not c.advance("b", 1, 0, 2, 1010.0, False)
-    assert c.begin("b", 1, 0, "w").verdict is Verdict.STALE  # a redelivered old slot
+    assert c.begin("b", 1, 0, "w", 60).verdict is Verdict.STALE  # a redelivered old slot
     assert c.generation("b") == 1
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_begin_takes_the_bot_lock_and_complete_releases_it_and_moves_on(
+    kind: str, coordinator: RedisCoordinator
+) -> None:
+    c = coordinator if kind == "redis" else MemoryCoordinator()
+    _publish(c)
+    coordinator.heartbeat("w", 60)  # a live worker: its lock is never taken over
+    # Given slot 0 running and holding the bot lock
+    first = c.begin("b", 1, 0, "w", 60)
+    assert first.verdict is Verdict.RUN
+    assert first.lock
+    # When slot 1 of the same bot starts before slot 0 completes (a reconciler re-send)
+    assert c.advance("b", 1, 0, 1, 1005.0, False)
+    second = c.begin("b", 1, 1, "w", 60)
+    # Then it may run (claimed) but not trade: the lock is slot 0's
+    assert second.verdict is Verdict.RUN
+    assert not second.lock
+    # When slot 0 completes, proposing slot 1 which someone already moved to
+    assert not c.complete("b", 1, 0, first.lock, Next(1, 1005.0, False))  # CAS lost
+    assert c.complete("b", 1, 1, second.lock, Next(2, 1010.0, False))  # CAS won
+    # Then the lock is free again for the next slot, and the schedule says slot 2
+    third = c.begin("b", 1, 2, "w", 60)
+    assert third.verdict is Verdict.RUN
+    assert third.lock
+    # And a completion without a successor (stopped, error) moves nothing
+    assert not c.complete("b", 1, 2, third.lock, None)
+    assert c.begin("b", 1, 2, "w", 60).verdict is Verdict.DUPLICATE
+
+
+def test_begin_takes_over_a_dead_workers_lock(coordinator: RedisCoordinator) -> None:
+    _publish(coordinator)
+    # Given a lock left by a worker whose heartbeat is gone
+    coordinator.redis.set("lock:b", "dead:1|token", px=60_000)
+    # When a tick of another worker begins
+    begin = coordinator.begin("b", 1, 0, "live:2", 60)
+    # Then it holds the lock and trades
+    assert begin.lock.startswith("live:2|")
+    assert coordinator.redis.get("lock:b") == begin.lock.encode()
 
 
 def test_concurrent_claims_have_one_winner(coordinator: RedisCoordinator) -> None:
     _publish(coordinator)
     verdicts: list[Verdict] = []
     threads = [
-        threading.Thread(target=lambda: verdicts.append(coordinator.begin("b", 1, 0, "w").verdict))
+        threading.Thread(
+            target=lambda: verdicts.append(coordinator.begin("b", 1, 0, "w", 60).verdict)
+        )
         for _ in range(20)
     ]
     for t in threads:
@@ -106,9 +149,9 @@ def test_lock_excludes_and_expires(coordinator: RedisCoordinator) -> None:
 
 def test_claim_finish_and_heartbeat(coordinator: RedisCoordinator) -> None:
     _publish(coordinator)
-    coordinator.begin("b", 1, 0, "host:1")
+    begin = coordinator.begin("b", 1, 0, "host:1", 60)
     assert (coordinator.claim("b", 1, 0) or "").startswith("run:")
-    coordinator.finish("b", 1, 0)
+    coordinator.complete("b", 1, 0, begin.lock, None)
     assert (coordinator.claim("b", 1, 0) or "").startswith("done:")
     assert not coordinator.alive("host:1")
     coordinator.heartbeat("host:1", 10)

@@ -25,7 +25,7 @@ from engine.exchange.ccxt_gateway import CcxtGateway
 from engine.exchange.clients import ClientSpec, client_for
 from engine.exchange.fills import FillModel
 from engine.exchange.gateway import Gateway
-from engine.exchange.marketdata import CachedGateway, MarketDataCache
+from engine.exchange.marketdata import CachedGateway, shared_cache
 from engine.exchange.paper import PaperGateway
 from engine.exchange.ratelimit import RateLimiter
 from engine.logging import register_secrets
@@ -101,7 +101,7 @@ def gateway_for(
         max_age = data_max_age(config.check_interval)
         cached = CachedGateway(
             exchange,
-            MarketDataCache(redis),
+            shared_cache(redis),
             source=f"{config.exchange}:{spec.origin}",
             ticker_max_age_s=max_age,
             ohlcv_max_age_s=max_age,
@@ -134,7 +134,7 @@ def data_gateway(
     exchange = CcxtGateway(client_for(spec), limiter=RateLimiter(redis, exchange_id))
     return CachedGateway(
         exchange,
-        MarketDataCache(redis),
+        shared_cache(redis),
         source=f"{exchange_id}:{spec.origin}",
         ticker_max_age_s=1.0,
         ohlcv_max_age_s=10.0,

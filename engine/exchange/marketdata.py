@@ -7,12 +7,15 @@ holder dies, its lock expires and a waiter takes over; if the wait runs out, a w
 fetches by itself, so a stuck holder can delay bots but never block them. A failed
 fetch is remembered for a moment so a hundred waiters do not each repeat it.
 
-So N bots on one symbol ticking together cost one ticker request per interval.
+So N bots on one symbol ticking together cost one ticker request per interval. Each
+process also keeps the values it saw, with their fetch time: a value young enough for
+the reader is served from memory, without a Redis round trip.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -53,6 +56,8 @@ class MarketDataCache:
         self.sleep = sleep
         self.clock = clock
         self._release = redis.register_script(_RELEASE)
+        # key -> (fetch time, value): the newest value this process has seen.
+        self._seen: dict[str, tuple[float, Any]] = {}
 
     def get(self, key: str, max_age_s: float, fetch: Callable[[], Any]) -> Any:
         """The JSON-able value under `key`, fetched (once across processes) when older
@@ -80,10 +85,15 @@ class MarketDataCache:
             poll = min(poll * 2, 0.05)
 
     def _read(self, key: str, max_age_s: float) -> tuple[Any] | None:
+        seen = self._seen.get(key)
+        if seen is not None and self.clock() - seen[0] <= max_age_s:
+            return (seen[1],)
         raw, error = cast(list[bytes | None], self.redis.mget(key, f"{key}:error"))
         if raw is not None:
             stored = json.loads(raw)
-            if self.clock() - float(stored["t"]) <= max_age_s:
+            fetched = float(stored["t"])
+            self._seen[key] = (fetched, stored["v"])
+            if self.clock() - fetched <= max_age_s:
                 return (stored["v"],)
         if error is not None:
             raise TemporaryError(f"shared market data fetch failed: {error.decode()}")
@@ -96,11 +106,27 @@ class MarketDataCache:
             ttl = max(1, int(min(self.error_ttl_s, max_age_s) * 1000))
             self.redis.set(f"{key}:error", str(exc)[:500], px=ttl)
             raise
-        payload = json.dumps({"t": self.clock(), "v": value}, separators=(",", ":"))
+        fetched = self.clock()
+        payload = json.dumps({"t": fetched, "v": value}, separators=(",", ":"))
         # Keep values a while past max_age: readers with a longer max_age still hit.
         self.redis.set(key, payload, px=int(max(60.0, 2 * max_age_s) * 1000))
         self.redis.delete(f"{key}:error")
+        self._seen[key] = (fetched, value)
         return value
+
+
+_shared: dict[int, MarketDataCache] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_cache(redis: redis_lib.Redis) -> MarketDataCache:
+    """This process's cache on `redis`: one per client, so every bot's gateway shares
+    the values it holds in memory."""
+    with _shared_lock:
+        cache = _shared.get(id(redis))
+        if cache is None or cache.redis is not redis:
+            cache = _shared[id(redis)] = MarketDataCache(redis)
+        return cache
 
 
 class CachedGateway:

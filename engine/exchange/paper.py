@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import structlog
-from sqlalchemy import CursorResult, Engine, case, update
+from sqlalchemy import CursorResult, Engine, bindparam, case, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -36,6 +37,12 @@ from engine.exchange.gateway import Gateway, OrderReport, OrderRequest, OrderSta
 from engine.models import Fill, Order, PaperBalance, utcnow
 
 log = structlog.get_logger("engine.exchange.paper")
+
+_balances = PaperBalance.__table__  # type: ignore[attr-defined]
+# Every tick reads balances: a prebuilt statement on a bare connection, no ORM session.
+_BALANCES = sa_select(_balances.c.currency, _balances.c.free, _balances.c.used).where(
+    _balances.c.bot == bindparam("bot")
+)
 
 PAPER_PREFIX = "paper-"
 
@@ -88,9 +95,9 @@ class PaperGateway:
         query on every tick of every bot.
         """
         self._ensure_balances()
-        with Session(self.db) as session:
-            rows = session.exec(select(PaperBalance).where(PaperBalance.bot == self.bot)).all()
-            return {row.currency: (row.free, row.used) for row in rows}
+        with self.db.connect() as conn:
+            rows = conn.execute(_BALANCES, {"bot": self.bot}).all()
+        return {currency: (free, used) for currency, free, used in rows}
 
     def create_order(self, request: OrderRequest) -> OrderReport:
         """Fill a market order now, or rest a limit order; unpayable → OrderRejectedError."""
