@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,6 +45,18 @@ def reconcile_orders() -> dict[str, int]:
     from engine import maintenance
 
     return maintenance.reconcile_orders(get_runtime())
+
+
+@signals.worker_init.connect
+def _preload(**_: Any) -> None:
+    """Import the tick path (ccxt included, ~60 MB) before a prefork pool forks: the
+    children then share those pages instead of importing a copy each. `gc.freeze`
+    keeps the collector from writing to (and so copying) every one of those objects."""
+    import engine.exchange.factory
+    import engine.tick  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
 
 
 @signals.worker_process_init.connect

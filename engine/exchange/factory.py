@@ -97,15 +97,7 @@ def gateway_for(
     if redis is None:
         cached = CcxtGateway(client_for(spec))
     else:
-        exchange = CcxtGateway(client_for(spec), limiter=RateLimiter(redis, config.exchange))
-        max_age = data_max_age(config.check_interval)
-        cached = CachedGateway(
-            exchange,
-            shared_cache(redis),
-            source=f"{config.exchange}:{spec.origin}",
-            ticker_max_age_s=max_age,
-            ohlcv_max_age_s=max_age,
-        )
+        cached = _cached_gateway(spec, redis, data_max_age(config.check_interval))
     if live:
         return cached
     return PaperGateway(
@@ -115,6 +107,29 @@ def gateway_for(
         balances=config.paper.balances,
         model=FillModel(fee_rate=config.paper.fee_rate, slippage=config.paper.slippage),
     )
+
+
+_stacks: dict[tuple[object, ...], CachedGateway] = {}
+
+
+def _cached_gateway(spec: ClientSpec, redis: redis_lib.Redis, max_age: float) -> CachedGateway:
+    """The rate-limited, cached gateway of one client and data freshness, shared by
+    every bot that uses both: 10,000 bots on one exchange hold one, not 10,000."""
+    key = (spec.cache_key(), id(redis), max_age)
+    stack = _stacks.get(key)
+    if stack is None or stack.cache.redis is not redis:
+        exchange = CcxtGateway(client_for(spec), limiter=RateLimiter(redis, spec.exchange_id))
+        stack = _stacks[key] = CachedGateway(
+            exchange,
+            shared_cache(redis),
+            source=f"{spec.exchange_id}:{spec.origin}",
+            ticker_max_age_s=max_age,
+            ohlcv_max_age_s=max_age,
+        )
+    return stack
+
+
+os.register_at_fork(after_in_child=_stacks.clear)
 
 
 def data_gateway(
