@@ -31,6 +31,7 @@ def bot_config(
     symbol: str,
     *,
     dca_every: int = 10,
+    dca_offset: int = 0,
     live: bool = False,
     quote_amount: float = 20.0,
 ) -> BotConfig:
@@ -44,7 +45,7 @@ def bot_config(
             "check_interval": interval_s,
             "strategy": {
                 "name": "dca",
-                "params": {"quote_amount": quote_amount, "every": dca_every},
+                "params": {"quote_amount": quote_amount, "every": dca_every, "offset": dca_offset},
             },
             "paper": {"balances": {"USDT": 1_000_000_000.0}},
         }
@@ -54,13 +55,19 @@ def bot_config(
 def fleet(
     prefix: str, n: int, interval_s: float, *, dca_every: int = 10, live_every: int = 0
 ) -> list[BotConfig]:
-    """`n` bots named `<prefix>-00000...`; every `live_every`-th one is live (0: none)."""
+    """`n` bots named `<prefix>-00000...`; every `live_every`-th one is live (0: none).
+
+    Their DCA cadences are staggered (bot i first buys on tick i mod `dca_every`), so a
+    tenth of the ticks place an order from the first interval on, as in the steady
+    state, rather than every bot buying within the first interval.
+    """
     return [
         bot_config(
             f"{prefix}-{i:05d}",
             interval_s,
             SYMBOLS[i % len(SYMBOLS)],
             dca_every=dca_every,
+            dca_offset=i % dca_every,
             live=bool(live_every) and i % live_every == 0,
         )
         for i in range(n)

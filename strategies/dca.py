@@ -17,6 +17,12 @@ class DcaParams(StrategyParams):
 
     quote_amount: float = Field(gt=0, description="quote currency spent per buy")
     every: int = Field(default=1, ge=1, le=1_000_000, description="ticks between buys")
+    offset: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="ticks before the first buy: staggers bots started together",
+    )
     dip_pct: float | None = Field(
         default=None, gt=0, lt=100, description="a dip: price this % below the last buy price"
     )
@@ -38,7 +44,8 @@ class DcaParams(StrategyParams):
 
 
 class Dca(Strategy[DcaParams]):
-    """Accumulate: a market buy of `quote_amount` on the first tick and every `every` ticks.
+    """Accumulate: a market buy of `quote_amount` on tick `offset` (the first, by default)
+    and every `every` ticks after it.
 
     Dip rule (optional): when the buy is due and the ask is at least `dip_pct` % below
     the price of the previous buy, or below the SMA of the last `dip_sma` closes, the
@@ -61,7 +68,7 @@ class Dca(Strategy[DcaParams]):
         p = self.params
         ticks = int(state.get("ticks", 0))
         last_buy: float | None = state.get("last_buy_price")
-        if ticks % p.every != 0:
+        if ticks < p.offset or (ticks - p.offset) % p.every != 0:
             return Decision(state={"ticks": ticks + 1, "last_buy_price": last_buy})
         price = ctx.ticker.ask
         dip = self._is_dip(ctx, price, last_buy)

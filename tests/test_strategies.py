@@ -352,6 +352,15 @@ def test_dca_buys_every_n_ticks() -> None:
     assert all(intent.quote_amount == 25 for _, intent in walk(strategy, [100.0] * 7))
 
 
+def test_dca_offset_delays_the_first_buy() -> None:
+    # Given every=3 and offset=2 (a bot staggered against others started with it)
+    strategy = Dca(DcaParams(quote_amount=25, every=3, offset=2))
+    # When it ticks eight times
+    buys = [i for i, _ in walk(strategy, [100.0] * 8)]
+    # Then its first buy is on tick 2, then every third tick
+    assert buys == [2, 5]
+
+
 def test_dca_buys_more_on_a_dip_below_last_buy() -> None:
     strategy = Dca(DcaParams(quote_amount=10, every=1, dip_pct=10, dip_multiplier=3))
     # Given the last buy was at 100
