@@ -49,7 +49,7 @@ class Runtime:
     gateway_for: Callable[[BotConfig], Gateway] | None = None
     # Messages waiting in the tick queue (None: unknown); the reconciler backs off on it.
     backlog: Callable[[], int] | None = None
-    # Per bot: (generation, (config, strategy, gateway)), built once (see tick.bot_setup).
+    # Per bot: (generation, tick.Setup), built once per process (see tick.bot_setup).
     setups: dict[str, tuple[int, Any]] = field(default_factory=dict)
     tick_metrics: TickBuffer = field(init=False)
 
