@@ -221,7 +221,8 @@ def test_scraped_tick_counts_equal_the_ticks_in_the_database(engine: ChainEngine
     assert wait_for(lambda: db_ticks() >= 6, 30)
     during = scraped()
     assert during[("botengine_running_bots", ())] == 2
-    assert _ticks_total(during) > 0
+    # (workers write their summed tick metrics every METRICS_FLUSH_S, 1 s by default)
+    assert wait_for(lambda: _ticks_total(scraped()) > 0, 10)
     # Then after they stop, the scraped tick count equals the ticks recorded in the DB
     for name in ("m1", "m2"):
         assert client.post(f"/api/v1/bots/{name}/stop", headers=AUTH).is_success
