@@ -120,7 +120,7 @@ def trade(
     setup = bot_setup(rt, bot, generation)
     gateway, strategy = setup.gateway, setup.strategy
     elog.bind(exchange=setup.exchange, symbol=setup.symbol)
-    until = ban_until(rt.redis, setup.exchange, max_age_s=1.0) if rt.redis else None
+    until = ban_until(rt.redis, setup.exchange) if rt.redis else None
     if until is not None:
         raise ExchangeBannedError(f"{setup.exchange} banned this IP until {until:.0f}")
     # Settle what earlier ticks left open or unknown, before deciding anything new.

@@ -93,28 +93,15 @@ def ban_key(exchange_id: str) -> str:
     return f"ban:{exchange_id}"
 
 
-_ban_answers: dict[tuple[int, str], tuple[float, float | None]] = {}
-"""(client id, exchange) -> (monotonic time asked, answer): `ban_until`'s memo."""
-
-
-def ban_until(redis: redis_lib.Redis, exchange_id: str, max_age_s: float = 0.0) -> float | None:
+def ban_until(redis: redis_lib.Redis, exchange_id: str) -> float | None:
     """Epoch seconds when the ban on `exchange_id` ends, or None when not banned.
 
-    The tick calls this before running, so a banned exchange pauses every bot on it.
-    With `max_age_s` the answer this process got less than that long ago is reused: a
-    tick then costs no round trip for it, and a new ban is seen within `max_age_s`
-    (every request checks the ban itself anyway, in the rate-limit script).
+    The tick calls this before running: a banned exchange pauses every bot on it.
     """
-    memo = (id(redis), exchange_id)
-    now = time.monotonic()
-    seen = _ban_answers.get(memo)
-    if seen is not None and now - seen[0] < max_age_s:
-        until = seen[1]
-        return until if until is not None and until > time.time() else None
     left_ms: int | None = redis.pttl(ban_key(exchange_id))
-    until = None if left_ms is None or left_ms <= 0 else time.time() + left_ms / 1000
-    _ban_answers[memo] = (now, until)
-    return until
+    if left_ms is None or left_ms <= 0:
+        return None
+    return time.time() + left_ms / 1000
 
 
 def account_tag(api_key: str | None) -> str:
