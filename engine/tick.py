@@ -79,11 +79,11 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
         finished = rt.clock()
         next_slot, missed = successor(mirror.origin, mirror.interval, slot, finished)
         nxt = plan_next(rt, mirror, next_slot)
-        record_ = TickRecord(
+        done = TickRecord(
             bot, generation, slot, due, started, finished, outcome, error, sent, nxt.slot, state
         )
         try:
-            status = record(rt, record_, fatal)  # 5. record
+            status = record(rt, done, fatal)  # 5. record
         except BaseException:
             # No record, no successor: free the slot and the bot; the reconciler moves on.
             rt.coordinator.complete(bot, generation, slot, begin.lock, None)
@@ -120,8 +120,7 @@ def trade(
     setup = bot_setup(rt, bot, generation)
     gateway, strategy = setup.gateway, setup.strategy
     elog.bind(exchange=setup.exchange, symbol=setup.symbol)
-    until = ban_until(rt.redis, setup.exchange) if rt.redis else None
-    if until is not None:
+    if rt.redis is not None and (until := ban_until(rt.redis, setup.exchange)) is not None:
         raise ExchangeBannedError(f"{setup.exchange} banned this IP until {until:.0f}")
     # Settle what earlier ticks left open or unknown, before deciding anything new.
     _, still_open = orders.settle(rt.db, bot, gateway, grace_s=rt.settings.reconcile_grace_s)

@@ -97,7 +97,8 @@ def gateway_for(
     if redis is None:
         cached = CcxtGateway(client_for(spec))
     else:
-        cached = _cached_gateway(spec, redis, data_max_age(config.check_interval))
+        max_age = data_max_age(config.check_interval)
+        cached = _cached_gateway(spec, redis, ticker_max_age_s=max_age, ohlcv_max_age_s=max_age)
     if live:
         return cached
     return PaperGateway(
@@ -112,10 +113,12 @@ def gateway_for(
 _stacks: dict[tuple[object, ...], CachedGateway] = {}
 
 
-def _cached_gateway(spec: ClientSpec, redis: redis_lib.Redis, max_age: float) -> CachedGateway:
+def _cached_gateway(
+    spec: ClientSpec, redis: redis_lib.Redis, *, ticker_max_age_s: float, ohlcv_max_age_s: float
+) -> CachedGateway:
     """The rate-limited, cached gateway of one client and data freshness, shared by
-    every bot that uses both: 10,000 bots on one exchange hold one, not 10,000."""
-    key = (spec.cache_key(), id(redis), max_age)
+    every caller that uses both: 10,000 bots on one exchange hold one, not 10,000."""
+    key = (spec.cache_key(), id(redis), ticker_max_age_s, ohlcv_max_age_s)
     stack = _stacks.get(key)
     if stack is None or stack.cache.redis is not redis:
         exchange = CcxtGateway(client_for(spec), limiter=RateLimiter(redis, spec.exchange_id))
@@ -123,8 +126,8 @@ def _cached_gateway(spec: ClientSpec, redis: redis_lib.Redis, max_age: float) ->
             exchange,
             shared_cache(redis),
             source=f"{spec.exchange_id}:{spec.origin}",
-            ticker_max_age_s=max_age,
-            ohlcv_max_age_s=max_age,
+            ticker_max_age_s=ticker_max_age_s,
+            ohlcv_max_age_s=ohlcv_max_age_s,
         )
     return stack
 
@@ -146,11 +149,4 @@ def data_gateway(
     spec = ClientSpec(exchange_id=exchange_id, base_url=base_url, options=dict(options or {}))
     if redis is None:
         return CcxtGateway(client_for(spec))
-    exchange = CcxtGateway(client_for(spec), limiter=RateLimiter(redis, exchange_id))
-    return CachedGateway(
-        exchange,
-        shared_cache(redis),
-        source=f"{exchange_id}:{spec.origin}",
-        ticker_max_age_s=1.0,
-        ohlcv_max_age_s=10.0,
-    )
+    return _cached_gateway(spec, redis, ticker_max_age_s=1.0, ohlcv_max_age_s=10.0)
