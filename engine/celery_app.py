@@ -15,6 +15,7 @@ from celery.apps.worker import Worker
 from celery.schedules import crontab
 
 from engine import logging as elog
+from engine.broker import transport_for
 from engine.settings import get_settings
 
 TICK_QUEUE = "ticks"
@@ -25,6 +26,8 @@ settings = get_settings()
 app = Celery("botengine", include=["engine.tasks"])
 app.conf.update(
     broker_url=settings.celery_broker_url,
+    # kombu's Redis transport, minus a new client object per publish and per ack.
+    broker_transport=transport_for(settings.celery_broker_url),
     result_backend=settings.celery_result_backend,
     # JSON only: a pickle payload from a compromised broker would be code execution.
     task_serializer="json",
