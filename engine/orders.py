@@ -18,15 +18,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
+from typing import Any
 
 import structlog
-from sqlalchemy import Engine, bindparam, case, func
+from sqlalchemy import Engine, Float, String, bindparam, case, func, insert, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from engine import notify
-from engine.db import session_scope
 from engine.domain import MarketRules, OpenOrder, OrderIntent, OrderType, Side, Ticker
 from engine.errors import (
     ExchangeBannedError,
@@ -38,7 +38,7 @@ from engine.errors import (
 from engine.exchange.catalog import client_id_rules
 from engine.exchange.fills import floor_to_step, resolve_amount, round_to_step
 from engine.exchange.gateway import Gateway, OrderReport, OrderRequest, OrderStatus
-from engine.models import Fill, Order, utcnow
+from engine.models import Fill, Order, UtcDateTime, utcnow
 
 log = structlog.get_logger("engine.orders")
 
@@ -60,6 +60,39 @@ _LIVE_ROWS = (
     .where(_orders.c.bot == bindparam("bot"), _orders.c.status.in_([s.value for s in _LIVE]))
     .order_by(_orders.c.id)
 )
+_BY_CID = sa_select(_orders).where(_orders.c.client_order_id == bindparam("cid"))
+_INSERT_ORDER = insert(_orders)
+_INSERT_FILL = insert(_fills)
+_SET_STATUS = (
+    update(_orders)
+    .where(_orders.c.id == bindparam("p_id"))
+    .values(
+        status=bindparam("p_status"),
+        error=bindparam("p_error", type_=String),
+        updated_at=bindparam("p_at", type_=UtcDateTime()),
+    )
+)
+_BY_ID = sa_select(_orders).where(_orders.c.id == bindparam("p_id"))
+_APPLY = (
+    update(_orders)
+    .where(_orders.c.id == bindparam("p_id"))
+    .values(
+        status=bindparam("p_status"),
+        exchange_order_id=bindparam("p_xid", type_=String),
+        filled=bindparam("p_filled"),
+        average=bindparam("p_average", type_=Float),
+        fee=bindparam("p_fee"),
+        fee_currency=bindparam("p_fee_currency", type_=String),
+        error=bindparam("p_error", type_=String),
+        updated_at=bindparam("p_at", type_=UtcDateTime()),
+    )
+)
+# What fill rows already cover of an order: amount, cost and fees.
+_BOOKED = sa_select(
+    func.coalesce(func.sum(_fills.c.amount), 0.0),
+    func.coalesce(func.sum(_fills.c.amount * _fills.c.price), 0.0),
+    func.coalesce(func.sum(_fills.c.fee), 0.0),
+).where(_fills.c.order_id == bindparam("order_id"))
 _POSITION = sa_select(
     func.coalesce(
         func.sum(case((_fills.c.side == Side.BUY.value, _fills.c.amount), else_=-_fills.c.amount)),
@@ -154,27 +187,33 @@ def submit(
     """
     id_rules = client_id_rules(gateway.exchange_id)
     cid = client_order_id(bot, generation, slot, index, id_rules.max_len, id_rules.allowed)
-    row = Order(
-        client_order_id=cid,
-        bot=bot,
-        generation=generation,
-        slot=slot,
-        intent_index=index,
-        exchange=gateway.exchange_id,
-        symbol=rules.symbol,
-        side=intent.side.value,
-        type=intent.type.value,
-        amount=0.0,
-        price=intent.price,
-        reason=intent.reason,
-        tag=intent.tag,
-        status=OrderStatus.PENDING_SUBMIT.value,
-    )
+    now = utcnow()
+    values: dict[str, Any] = {
+        "client_order_id": cid,
+        "bot": bot,
+        "generation": generation,
+        "slot": slot,
+        "intent_index": index,
+        "exchange": gateway.exchange_id,
+        "symbol": rules.symbol,
+        "side": intent.side.value,
+        "type": intent.type.value,
+        "amount": 0.0,
+        "price": intent.price,
+        "reason": intent.reason,
+        "tag": intent.tag,
+        "status": OrderStatus.PENDING_SUBMIT.value,
+        "error": None,
+        "created_at": now,
+        "updated_at": now,
+    }
     try:
-        row.amount, row.price = size_order(intent, rules, ticker)
+        values["amount"], values["price"] = size_order(intent, rules, ticker)
     except OrderRejectedError as exc:
-        row.status, row.error = OrderStatus.REJECTED.value, str(exc)
-    if not _insert(db, row):
+        values["status"], values["error"] = OrderStatus.REJECTED.value, str(exc)
+    row = Order(**values)
+    row.id = _insert(db, values)
+    if row.id is None:
         log.warning("order.duplicate", client_order_id=cid)
         _resolve_existing(db, gateway, cid)
         return None
@@ -213,79 +252,91 @@ def submit(
         side=intent.side.value,
         amount=row.amount,
     )
-    return apply_report(db, cid, report)
+    return apply_report(db, row, report)
 
 
-def _insert(db: Engine, row: Order) -> bool:
+def _insert(db: Engine, values: dict[str, Any]) -> int | None:
+    """Write a new order row; its id, or None if its client order id exists already."""
     try:
-        with session_scope(db) as session:
-            session.add(row)
+        with db.begin() as conn:
+            key = conn.execute(_INSERT_ORDER, values).inserted_primary_key
     except IntegrityError:
-        return False
-    return True
+        return None
+    assert key is not None
+    return int(key[0])
 
 
 def _resolve_existing(db: Engine, gateway: Gateway, cid: str) -> None:
     """A retried slot found its order row: settle it by lookup, never by sending."""
-    with Session(db) as session:
-        row = session.exec(select(Order).where(Order.client_order_id == cid)).first()
-    if row is not None and OrderStatus(row.status) in _LIVE:
-        _reconcile_row(db, gateway, row, None, RECONCILE_GRACE_S)
+    with db.connect() as conn:
+        found = conn.execute(_BY_CID, {"cid": cid}).first()
+    if found is not None and OrderStatus(found.status) in _LIVE:
+        _reconcile_row(db, gateway, Order(**found._mapping), None, RECONCILE_GRACE_S)
 
 
 def _set_status(db: Engine, row: Order, status: OrderStatus, error: str | None) -> Order:
-    with session_scope(db) as session:
-        stored = session.get(Order, row.id)
-        assert stored is not None
-        stored.status, stored.error, stored.updated_at = status.value, error, utcnow()
-        session.add(stored)
-    return stored
+    """Write a new status and error to the row (and to `row`, which is returned)."""
+    row.status, row.error, row.updated_at = status.value, error, utcnow()
+    with db.begin() as conn:
+        conn.execute(
+            _SET_STATUS,
+            {"p_id": row.id, "p_status": row.status, "p_error": error, "p_at": row.updated_at},
+        )
+    return row
 
 
-def apply_report(db: Engine, client_order_id: str, report: OrderReport) -> Order:
+def apply_report(db: Engine, row: Order, report: OrderReport) -> Order:
     """Record what the exchange says about an order: status, fills and fees.
 
     Fill rows are added for the part of `report.filled` not yet covered by fill rows,
     so applying the same report twice changes nothing (and the paper broker, which
-    books its own fill rows, is not counted twice).
+    books its own fill rows, is not counted twice). Returns `row`, brought up to date.
     """
-    with session_scope(db) as session:
-        row = session.exec(select(Order).where(Order.client_order_id == client_order_id)).one()
-        assert row.id is not None
-        was = row.status
-        booked = session.exec(select(Fill).where(Fill.order_id == row.id)).all()
-        amount = sum(f.amount for f in booked)
+    with db.begin() as conn:
+        found = conn.execute(_BY_ID, {"p_id": row.id}).one()
+        amount, cost, fees = conn.execute(_BOOKED, {"order_id": found.id}).one()
         delta = report.filled - amount
         if delta > _EPS * max(1.0, report.filled):
-            cost = sum(f.amount * f.price for f in booked)
-            average = report.average or report.price or row.price or 0.0
+            average = report.average or report.price or found.price or 0.0
             price = (average * report.filled - cost) / delta
-            fee = max(0.0, report.fee - sum(f.fee for f in booked))
-            session.add(
-                Fill(
-                    order_id=row.id,
-                    bot=row.bot,
-                    symbol=row.symbol,
-                    side=row.side,
-                    amount=delta,
-                    price=price if price > 0 else average,
-                    fee=fee,
-                    fee_currency=report.fee_currency,
-                )
+            conn.execute(
+                _INSERT_FILL,
+                {
+                    "order_id": found.id,
+                    "bot": found.bot,
+                    "symbol": found.symbol,
+                    "side": found.side,
+                    "amount": delta,
+                    "price": price if price > 0 else average,
+                    "fee": max(0.0, report.fee - fees),
+                    "fee_currency": report.fee_currency,
+                },
             )
         row.status = report.status.value
-        row.exchange_order_id = report.exchange_order_id or row.exchange_order_id
+        row.exchange_order_id = report.exchange_order_id or found.exchange_order_id
         row.filled, row.average = report.filled, report.average
         row.fee, row.fee_currency = report.fee, report.fee_currency
-        if report.status is not OrderStatus.REJECTED:
-            row.error = None
+        row.error = found.error if report.status is OrderStatus.REJECTED else None
         row.updated_at = utcnow()
-        session.add(row)
-    if report.status is OrderStatus.CLOSED and was != OrderStatus.CLOSED.value:
+        conn.execute(
+            _APPLY,
+            {
+                "p_id": found.id,
+                "p_status": row.status,
+                "p_xid": row.exchange_order_id,
+                "p_filled": row.filled,
+                "p_average": row.average,
+                "p_fee": row.fee,
+                "p_fee_currency": row.fee_currency,
+                "p_error": row.error,
+                "p_at": row.updated_at,
+            },
+        )
+    if report.status is OrderStatus.CLOSED and found.status != OrderStatus.CLOSED.value:
         notify.notify(
             notify.ORDER_FILLED,
             bot=row.bot,
-            client_order_id=client_order_id,
+            client_order_id=row.client_order_id,
             symbol=row.symbol,
             side=row.side,
             amount=row.filled,
@@ -343,7 +394,7 @@ def _reconcile_row(
     if report is None:
         report = gateway.fetch_order(row.symbol, row.client_order_id)
     if report is not None:
-        after = apply_report(db, row.client_order_id, report).status
+        after = apply_report(db, row, report).status
     elif utcnow() - row.created_at < timedelta(seconds=grace_s):
         return 0  # may still be on its way, or not yet indexed by the exchange
     elif before == OrderStatus.OPEN.value:
@@ -370,7 +421,7 @@ def cancel_open(db: Engine, bot: str, gateway: Gateway) -> int:
         except OrderRejectedError as exc:
             log.warning("order.cancel_failed", client_order_id=row.client_order_id, error=str(exc))
             continue
-        cancelled += apply_report(db, row.client_order_id, report).status == "canceled"
+        cancelled += apply_report(db, row, report).status == "canceled"
     return cancelled
 
 

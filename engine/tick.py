@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy import JSON, String, bindparam, case, func, insert, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
 
 from engine import logging as elog
 from engine import notify, orders
@@ -352,8 +351,8 @@ def bot_setup(rt: Runtime, bot: str, generation: int) -> Setup:
     cached = rt.setups.get(bot)
     if cached is not None and cached[0] == generation:
         return cached[1]  # type: ignore[no-any-return]
-    with Session(rt.db) as session:
-        row = session.get(Bot, bot)
+    with rt.db.connect() as conn:
+        row = conn.execute(_LOAD_CONFIG, {"p_name": bot}).first()
     if row is None or row.generation != generation:
         raise FencedError(f"bot {bot} is no longer at generation {generation}")
     config = BotConfig.model_validate(row.config)
@@ -370,6 +369,9 @@ def bot_setup(rt: Runtime, bot: str, generation: int) -> Setup:
     return setup
 
 
+_LOAD_CONFIG = sa_select(_bots.c.generation, _bots.c.config).where(
+    _bots.c.name == bindparam("p_name")
+)
 _LOAD_STATE = sa_select(_states.c.state).where(_states.c.bot == bindparam("p_bot"))
 
 

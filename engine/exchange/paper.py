@@ -20,31 +20,90 @@ interleaving of ticks, threads or processes can drive a balance negative.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import structlog
-from sqlalchemy import CursorResult, Engine, bindparam, case, update
+from sqlalchemy import Connection, Engine, Float, Row, String, bindparam, case, func, insert, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
 
-from engine.db import session_scope
 from engine.domain import Candle, MarketRules, OrderType, Side, Ticker
 from engine.errors import OrderRejectedError
 from engine.exchange import fills
 from engine.exchange.gateway import Gateway, OrderReport, OrderRequest, OrderStatus
-from engine.models import Fill, Order, PaperBalance, utcnow
+from engine.models import Fill, Order, PaperBalance, UtcDateTime, utcnow
+
+PAPER_PREFIX = "paper-"
 
 log = structlog.get_logger("engine.exchange.paper")
 
 _balances = PaperBalance.__table__  # type: ignore[attr-defined]
-# Every tick reads balances: a prebuilt statement on a bare connection, no ORM session.
+_orders = Order.__table__  # type: ignore[attr-defined]
+_fills = Fill.__table__  # type: ignore[attr-defined]
+# Statements built once and run on bare connections: an ORM session costs several
+# times the query itself, and every tick reads balances (see benchmarks.tickcost).
 _BALANCES = sa_select(_balances.c.currency, _balances.c.free, _balances.c.used).where(
     _balances.c.bot == bindparam("bot")
 )
-
-PAPER_PREFIX = "paper-"
+_HAS_BALANCES = sa_select(_balances.c.currency).where(_balances.c.bot == bindparam("bot")).limit(1)
+_HAS_BALANCE = sa_select(_balances.c.currency).where(
+    _balances.c.bot == bindparam("bot"), _balances.c.currency == bindparam("currency")
+)
+_USED = sa_select(_balances.c.used).where(
+    _balances.c.bot == bindparam("bot"), _balances.c.currency == bindparam("currency")
+)
+_INSERT_BALANCE = insert(_balances)
+# Conditional: a move that would overdraw `free` (or `used`) matches no row.
+_MOVE = (
+    update(_balances)
+    .where(
+        _balances.c.bot == bindparam("p_bot"),
+        _balances.c.currency == bindparam("p_currency"),
+        _balances.c.free + bindparam("p_free") >= 0,
+        _balances.c.used + bindparam("p_used") >= -1e-9,
+    )
+    .values(
+        free=_balances.c.free + bindparam("p_free"),
+        # Floored at 0: float dust of a released reservation must not show as -1e-17.
+        used=case(
+            (_balances.c.used + bindparam("p_used") < 0, 0.0),
+            else_=_balances.c.used + bindparam("p_used"),
+        ),
+    )
+)
+_BY_ID = sa_select(_orders).where(_orders.c.id == bindparam("id"))
+_BY_CID = sa_select(_orders).where(_orders.c.client_order_id == bindparam("cid"))
+_OPEN_ROWS = (
+    sa_select(_orders)
+    .where(
+        _orders.c.bot == bindparam("bot"),
+        _orders.c.status == OrderStatus.OPEN.value,
+        _orders.c.exchange_order_id.startswith(PAPER_PREFIX),
+    )
+    .order_by(_orders.c.id)
+)
+_OPEN_ROWS_OF = _OPEN_ROWS.where(_orders.c.symbol == bindparam("symbol"))
+_INSERT_ORDER = insert(_orders)
+_INSERT_FILL = insert(_fills)
+# A status change; the other columns change only where a value is given (not NULL).
+_UPDATE_ORDER = (
+    update(_orders)
+    .where(_orders.c.id == bindparam("p_id"))
+    .values(
+        status=bindparam("p_status"),
+        exchange_order_id=func.coalesce(
+            bindparam("p_xid", type_=String), _orders.c.exchange_order_id
+        ),
+        filled=func.coalesce(bindparam("p_filled", type_=Float), _orders.c.filled),
+        average=func.coalesce(bindparam("p_average", type_=Float), _orders.c.average),
+        fee=func.coalesce(bindparam("p_fee", type_=Float), _orders.c.fee),
+        fee_currency=func.coalesce(
+            bindparam("p_fee_currency", type_=String), _orders.c.fee_currency
+        ),
+        updated_at=bindparam("p_at", type_=UtcDateTime()),
+    )
+)
 
 
 class PaperGateway:
@@ -94,9 +153,13 @@ class PaperGateway:
         fetch_open_orders sweep) right before it reads balances, and a sweep costs a
         query on every tick of every bot.
         """
-        self._ensure_balances()
         with self.db.connect() as conn:
             rows = conn.execute(_BALANCES, {"bot": self.bot}).all()
+        if not rows and not self._initialised:
+            self._ensure_balances()
+            with self.db.connect() as conn:
+                rows = conn.execute(_BALANCES, {"bot": self.bot}).all()
+        self._initialised = self._initialised or bool(rows)
         return {currency: (free, used) for currency, free, used in rows}
 
     def create_order(self, request: OrderRequest) -> OrderReport:
@@ -118,55 +181,51 @@ class PaperGateway:
                 fill = fills.fill_at(
                     request.side, request.amount, request.price, self.model, quote=quote
                 )
-        with session_scope(self.db) as session:
-            row = self._row(session, request)
+        # Balances, the order row and its fill in one transaction: all or nothing.
+        with self.db.begin() as conn:
+            row = self._row(conn, request)
             if row.exchange_order_id is not None:  # accepted before: answer as before
                 return _report(row)
             if fill is not None:
-                self._settle(session, row, fill, base, quote, reserved=False)
+                values = self._settle(conn, row, fill, base, quote, reserved=False)
             else:
-                self._reserve(session, request, base, quote)
-                row.status = OrderStatus.OPEN.value
-            row.exchange_order_id = f"{PAPER_PREFIX}{row.id}"
-            row.updated_at = utcnow()
-            session.add(row)
-            session.flush()
-            return _report(row)
+                self._reserve(conn, request, base, quote)
+                values = {"status": OrderStatus.OPEN.value}
+            values["exchange_order_id"] = f"{PAPER_PREFIX}{row.id}"
+            return _report(_update_order(conn, row.id, values))
 
     def fetch_order(self, symbol: str, client_order_id: str) -> OrderReport | None:
         """The paper order with this client id; None when it was never accepted."""
         self._sweep(symbol)
-        with Session(self.db) as session:
-            row = self._find(session, client_order_id)
-            return None if row is None else _report(row)
+        with self.db.connect() as conn:
+            row = self._find(conn, client_order_id)
+        return None if row is None else _report(row)
 
     def cancel_order(self, symbol: str, client_order_id: str) -> OrderReport:
         """Cancel a resting paper order, releasing its reservation."""
         self._sweep(symbol)
         base, quote = _currencies(symbol)
-        with session_scope(self.db) as session:
-            row = self._find(session, client_order_id)
+        with self.db.begin() as conn:
+            row = self._find(conn, client_order_id)
             if row is None:
                 raise OrderRejectedError(f"cannot cancel unknown order {client_order_id}")
             if row.status == OrderStatus.OPEN.value:
-                self._release(session, row, base, quote)
-                row.status = OrderStatus.CANCELED.value
-                row.updated_at = utcnow()
-                session.add(row)
+                self._release(conn, row, base, quote)
+                row = _update_order(conn, row.id, {"status": OrderStatus.CANCELED.value})
             return _report(row)
 
     def fetch_open_orders(self, symbol: str) -> list[OrderReport]:
         """This bot's resting paper orders on `symbol`."""
         self._sweep(symbol)
-        with Session(self.db) as session:
-            return [_report(row) for row in self._open_rows(session, symbol)]
+        with self.db.connect() as conn:
+            return [_report(row) for row in self._open_rows(conn, symbol)]
 
     # -- internals -------------------------------------------------------------------
 
     def _sweep(self, symbol: str | None) -> None:
         """Fill every resting limit order the current market crosses."""
-        with Session(self.db) as session:
-            resting = self._open_rows(session, symbol)
+        with self.db.connect() as conn:
+            resting = self._open_rows(conn, symbol)
         tickers: dict[str, Ticker] = {}
         for order in resting:
             if order.symbol not in tickers:
@@ -177,11 +236,12 @@ class PaperGateway:
             base, quote = _currencies(order.symbol)
             fill = fills.fill_at(side, order.amount, price, self.model, quote=quote)
             try:
-                with session_scope(self.db) as session:
-                    row = session.get(Order, order.id)
+                with self.db.begin() as conn:
+                    row = conn.execute(_BY_ID, {"id": order.id}).first()
                     if row is None or row.status != OrderStatus.OPEN.value:
                         continue  # filled or cancelled meanwhile
-                    self._settle(session, row, fill, base, quote, reserved=True)
+                    values = self._settle(conn, row, fill, base, quote, reserved=True)
+                    _update_order(conn, row.id, values)
             except OrderRejectedError as exc:
                 # Only when the fee rate rose while it rested and free funds cannot cover
                 # the difference: it stays open rather than break every call of the bot.
@@ -196,44 +256,39 @@ class PaperGateway:
                 price=price,
             )
 
-    def _open_rows(self, session: Session, symbol: str | None) -> list[Order]:
-        query = select(Order).where(
-            Order.bot == self.bot,
-            Order.status == OrderStatus.OPEN.value,
-            col(Order.exchange_order_id).startswith(PAPER_PREFIX),
-        )
-        if symbol is not None:
-            query = query.where(Order.symbol == symbol)
-        return list(session.exec(query.order_by(col(Order.id))).all())
+    def _open_rows(self, conn: Connection, symbol: str | None) -> Sequence[Row[Any]]:
+        if symbol is None:
+            return conn.execute(_OPEN_ROWS, {"bot": self.bot}).all()
+        return conn.execute(_OPEN_ROWS_OF, {"bot": self.bot, "symbol": symbol}).all()
 
-    def _find(self, session: Session, client_order_id: str) -> Order | None:
-        row = session.exec(
-            select(Order).where(Order.client_order_id == client_order_id, Order.bot == self.bot)
-        ).first()
-        return row if row is not None and row.exchange_order_id is not None else None
+    def _find(self, conn: Connection, client_order_id: str) -> Row[Any] | None:
+        row = conn.execute(_BY_CID, {"cid": client_order_id}).first()
+        if row is None or row.bot != self.bot or row.exchange_order_id is None:
+            return None
+        return row
 
-    def _row(self, session: Session, request: OrderRequest) -> Order:
+    def _row(self, conn: Connection, request: OrderRequest) -> Row[Any]:
         """The order manager's row for `request` (created here for direct use)."""
-        row = session.exec(
-            select(Order).where(Order.client_order_id == request.client_order_id)
-        ).first()
+        row = conn.execute(_BY_CID, {"cid": request.client_order_id}).first()
         if row is None:
-            row = Order(
-                client_order_id=request.client_order_id,
-                bot=self.bot,
-                generation=0,
-                slot=0,
-                intent_index=0,
-                exchange=self.exchange_id,
-                symbol=request.symbol,
-                side=request.side.value,
-                type=request.type.value,
-                amount=request.amount,
-                price=request.price,
-                status=OrderStatus.PENDING_SUBMIT.value,
+            conn.execute(
+                _INSERT_ORDER,
+                {
+                    "client_order_id": request.client_order_id,
+                    "bot": self.bot,
+                    "generation": 0,
+                    "slot": 0,
+                    "intent_index": 0,
+                    "exchange": self.exchange_id,
+                    "symbol": request.symbol,
+                    "side": request.side.value,
+                    "type": request.type.value,
+                    "amount": request.amount,
+                    "price": request.price,
+                    "status": OrderStatus.PENDING_SUBMIT.value,
+                },
             )
-            session.add(row)
-            session.flush()
+            row = conn.execute(_BY_CID, {"cid": request.client_order_id}).one()
         elif row.bot != self.bot:
             raise OrderRejectedError(f"client order id {request.client_order_id} is taken")
         return row
@@ -242,93 +297,83 @@ class PaperGateway:
         """Create this bot's balance rows from the config on first use (own transaction)."""
         if self._initialised:
             return
-        with Session(self.db) as session:
-            found = session.exec(select(PaperBalance).where(PaperBalance.bot == self.bot)).first()
+        with self.db.connect() as conn:
+            found = conn.execute(_HAS_BALANCES, {"bot": self.bot}).first()
         if found is None:
+            rows = [
+                {"bot": self.bot, "currency": currency, "free": amount, "used": 0.0}
+                for currency, amount in self.initial_balances.items()
+            ]
             try:
-                with session_scope(self.db) as session:
-                    for currency, amount in self.initial_balances.items():
-                        session.add(PaperBalance(bot=self.bot, currency=currency, free=amount))
+                with self.db.begin() as conn:
+                    if rows:
+                        conn.execute(_INSERT_BALANCE, rows)
             except IntegrityError:
                 pass  # another thread or process initialised them first
         self._initialised = True
 
-    def _move(self, session: Session, currency: str, free: float, used: float = 0.0) -> None:
+    def _move(self, conn: Connection, currency: str, free: float, used: float = 0.0) -> None:
         """Add `free`/`used` to one balance, refusing (rejecting) any overdraft."""
-        exists = session.get(PaperBalance, (self.bot, currency))
-        if exists is None:
-            session.add(PaperBalance(bot=self.bot, currency=currency))
-            session.flush()
-        free_col, used_col = col(PaperBalance.free), col(PaperBalance.used)
-        result = cast(
-            CursorResult[Any],
-            session.execute(
-                update(PaperBalance)
-                .where(
-                    col(PaperBalance.bot) == self.bot,
-                    col(PaperBalance.currency) == currency,
-                    free_col + free >= 0,
-                    used_col + used >= -1e-9,
-                )
-                .values(
-                    free=free_col + free,
-                    # Floored at 0: float dust of a released reservation must not show as -1e-17.
-                    used=case((used_col + used < 0, 0.0), else_=used_col + used),
-                )
-                .execution_options(synchronize_session=False)
-            ),
-        )
-        if result.rowcount != 1:
-            raise OrderRejectedError(f"insufficient {currency} balance for this paper order")
+        move = {"p_bot": self.bot, "p_currency": currency, "p_free": free, "p_used": used}
+        if conn.execute(_MOVE, move).rowcount == 1:
+            return
+        key = {"bot": self.bot, "currency": currency}
+        if conn.execute(_HAS_BALANCE, key).first() is None:
+            # A currency the bot never held (a new base): it starts from zero.
+            conn.execute(_INSERT_BALANCE, {**key, "free": 0.0, "used": 0.0})
+            if conn.execute(_MOVE, move).rowcount == 1:
+                return
+        raise OrderRejectedError(f"insufficient {currency} balance for this paper order")
 
-    def _reserve(self, session: Session, request: OrderRequest, base: str, quote: str) -> None:
+    def _reserve(self, conn: Connection, request: OrderRequest, base: str, quote: str) -> None:
         assert request.price is not None
         if request.side is Side.BUY:
             cost = -fills.fill_at(
                 Side.BUY, request.amount, request.price, self.model, quote=quote
             ).quote_delta
-            self._move(session, quote, -cost, cost)
+            self._move(conn, quote, -cost, cost)
         else:
-            self._move(session, base, -request.amount, request.amount)
+            self._move(conn, base, -request.amount, request.amount)
 
-    def _release(self, session: Session, row: Order, base: str, quote: str) -> None:
+    def _release(self, conn: Connection, row: Row[Any], base: str, quote: str) -> None:
         """Give a cancelled order's reservation back (used → free)."""
         currency, amount = self._reservation(row, base, quote)
-        amount = min(amount, self._used(session, currency))  # the fee rate may have changed
-        self._move(session, currency, amount, -amount)
+        amount = min(amount, self._used(conn, currency))  # the fee rate may have changed
+        self._move(conn, currency, amount, -amount)
 
-    def _reservation(self, row: Order, base: str, quote: str) -> tuple[str, float]:
+    def _reservation(self, row: Row[Any], base: str, quote: str) -> tuple[str, float]:
         """What a resting order holds: a buy its cost plus fee, a sell its base amount."""
         if row.side == Side.BUY.value:
             buy = fills.fill_at(Side.BUY, row.amount, row.price or 0.0, self.model, quote=quote)
             return quote, -buy.quote_delta
-        return base, row.amount
+        return base, float(row.amount)
 
-    def _used(self, session: Session, currency: str) -> float:
-        found = session.get(PaperBalance, (self.bot, currency), populate_existing=True)
-        return 0.0 if found is None else max(0.0, found.used)
+    def _used(self, conn: Connection, currency: str) -> float:
+        used = conn.execute(_USED, {"bot": self.bot, "currency": currency}).scalar()
+        return 0.0 if used is None else max(0.0, float(used))
 
-    def _spend_reserved(self, session: Session, currency: str, amount: float) -> None:
+    def _spend_reserved(self, conn: Connection, currency: str, amount: float) -> None:
         """Pay `amount` from the reservation; a shortfall beyond float dust (the fee rate
         changed while the order rested) comes from `free`."""
-        used = self._used(session, currency)
+        used = self._used(conn, currency)
         shortfall = amount - used
         if shortfall <= 1e-9 * max(1.0, amount):
-            self._move(session, currency, 0.0, -amount)
+            self._move(conn, currency, 0.0, -amount)
         else:
-            self._move(session, currency, -shortfall, -used)
+            self._move(conn, currency, -shortfall, -used)
 
     def _settle(
         self,
-        session: Session,
-        row: Order,
+        conn: Connection,
+        row: Row[Any],
         fill: fills.Fill,
         base: str,
         quote: str,
         *,
         reserved: bool,
-    ) -> None:
-        """Book a complete fill: balances, the order row and its Fill row.
+    ) -> dict[str, Any]:
+        """Book a complete fill: balances and its Fill row; returns the order row's new
+        values, for the caller to write in the same transaction.
 
         A resting order pays from its reservation (`used`), which held exactly this
         fill's cost; an immediate fill pays from `free`. A refused spend raises
@@ -338,30 +383,22 @@ class PaperGateway:
         spent = fill.quote_delta if fill.side is Side.BUY else fill.base_delta
         gained = fill.base_delta if fill.side is Side.BUY else fill.quote_delta
         if reserved:
-            self._spend_reserved(session, spend, -spent)
+            self._spend_reserved(conn, spend, -spent)
         else:
-            self._move(session, spend, spent)
-        self._move(session, gain, gained)
-        row.status = OrderStatus.CLOSED.value
-        row.filled = fill.amount
-        row.average = fill.price
-        row.fee = fill.fee
-        row.fee_currency = fill.fee_currency
-        row.updated_at = utcnow()
-        session.add(row)
-        session.flush()
-        assert row.id is not None
-        session.add(
-            Fill(
-                order_id=row.id,
-                bot=row.bot,
-                symbol=row.symbol,
-                side=row.side,
-                amount=fill.amount,
-                price=fill.price,
-                fee=fill.fee,
-                fee_currency=fill.fee_currency,
-            )
+            self._move(conn, spend, spent)
+        self._move(conn, gain, gained)
+        conn.execute(
+            _INSERT_FILL,
+            {
+                "order_id": row.id,
+                "bot": row.bot,
+                "symbol": row.symbol,
+                "side": row.side,
+                "amount": fill.amount,
+                "price": fill.price,
+                "fee": fill.fee,
+                "fee_currency": fill.fee_currency,
+            },
         )
         log.info(
             "paper.filled",
@@ -372,6 +409,32 @@ class PaperGateway:
             price=fill.price,
             resting=reserved,
         )
+        return {
+            "status": OrderStatus.CLOSED.value,
+            "filled": fill.amount,
+            "average": fill.price,
+            "fee": fill.fee,
+            "fee_currency": fill.fee_currency,
+        }
+
+
+def _update_order(conn: Connection, order_id: int, values: dict[str, Any]) -> Row[Any]:
+    """Write a new status (and, when given, exchange id and fill) to an order row,
+    stamping `updated_at`; returns the row after."""
+    conn.execute(
+        _UPDATE_ORDER,
+        {
+            "p_id": order_id,
+            "p_status": values["status"],
+            "p_xid": values.get("exchange_order_id"),
+            "p_filled": values.get("filled"),
+            "p_average": values.get("average"),
+            "p_fee": values.get("fee"),
+            "p_fee_currency": values.get("fee_currency"),
+            "p_at": utcnow(),
+        },
+    )
+    return conn.execute(_BY_ID, {"id": order_id}).one()
 
 
 def _currencies(symbol: str) -> tuple[str, str]:
@@ -379,7 +442,7 @@ def _currencies(symbol: str) -> tuple[str, str]:
     return base, quote
 
 
-def _report(row: Order) -> OrderReport:
+def _report(row: Row[Any]) -> OrderReport:
     return OrderReport(
         client_order_id=row.client_order_id,
         exchange_order_id=row.exchange_order_id,
