@@ -48,7 +48,10 @@ class Settings(BaseSettings):
     reconcile_every_s: float = Field(10.0, gt=0)
     reconcile_grace_s: float = Field(15.0, ge=0)
     reconcile_backlog_limit: int = Field(1000, ge=0)
-    eta_horizon_s: int = Field(300, ge=10)
+    # Slots due further away are parked in Redis and sent by the reconciler once inside
+    # the horizon: a worker holds an ETA message ~horizon seconds, not a whole interval
+    # (at 10k bots x 60 s, 300 s cost ~75 MB and ~10 % more CPU; benchmarks/README.md).
+    eta_horizon_s: int = Field(30, ge=10)
     visibility_timeout_s: int = Field(3600, ge=60)
     stop_drain_timeout_s: float = Field(30.0, ge=0)
     # Tick metrics are summed in each worker and written to Redis this often (0: per tick).
@@ -71,6 +74,9 @@ class Settings(BaseSettings):
         # An ETA message held longer than the visibility timeout is redelivered (celery #2481).
         if self.eta_horizon_s >= self.visibility_timeout_s:
             raise ValueError("ETA_HORIZON_S must be below VISIBILITY_TIMEOUT_S")
+        # A parked slot must be sent at least one reconciler pass before it is due.
+        if self.eta_horizon_s <= self.reconcile_every_s:
+            raise ValueError("ETA_HORIZON_S must be above RECONCILE_EVERY_S")
         return self
 
     def secret_values(self) -> list[str]:
