@@ -296,4 +296,18 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "celery": celery.__version__,
         "platform": platform.platform(),
+        "tuning_env": tuning_env(),
+    }
+
+
+def tuning_env() -> dict[str, str]:
+    """Engine tuning set in the environment (every worker inherits it): the settings
+    measured in seconds (`ETA_HORIZON_S`, `RECONCILE_EVERY_S`, ...) and glibc's
+    `MALLOC_*`. No URLs, so no credentials."""
+    import os
+
+    return {
+        key: value
+        for key, value in sorted(os.environ.items())
+        if (key.endswith("_S") and key.isupper()) or key.startswith("MALLOC_")
     }
