@@ -47,9 +47,6 @@ _BALANCES = sa_select(_balances.c.currency, _balances.c.free, _balances.c.used).
     _balances.c.bot == bindparam("bot")
 )
 _HAS_BALANCES = sa_select(_balances.c.currency).where(_balances.c.bot == bindparam("bot")).limit(1)
-_HAS_BALANCE = sa_select(_balances.c.currency).where(
-    _balances.c.bot == bindparam("bot"), _balances.c.currency == bindparam("currency")
-)
 _USED = sa_select(_balances.c.used).where(
     _balances.c.bot == bindparam("bot"), _balances.c.currency == bindparam("currency")
 )
@@ -84,7 +81,7 @@ _OPEN_ROWS = (
     .order_by(_orders.c.id)
 )
 _OPEN_ROWS_OF = _OPEN_ROWS.where(_orders.c.symbol == bindparam("symbol"))
-_INSERT_ORDER = insert(_orders)
+_INSERT_ORDER = insert(_orders).returning(*_orders.c)
 _INSERT_FILL = insert(_fills)
 # A status change; the other columns change only where a value is given (not NULL).
 _UPDATE_ORDER = (
@@ -103,6 +100,7 @@ _UPDATE_ORDER = (
         ),
         updated_at=bindparam("p_at", type_=UtcDateTime()),
     )
+    .returning(*_orders.c)
 )
 
 
@@ -271,7 +269,7 @@ class PaperGateway:
         """The order manager's row for `request` (created here for direct use)."""
         row = conn.execute(_BY_CID, {"cid": request.client_order_id}).first()
         if row is None:
-            conn.execute(
+            row = conn.execute(
                 _INSERT_ORDER,
                 {
                     "client_order_id": request.client_order_id,
@@ -287,8 +285,7 @@ class PaperGateway:
                     "price": request.price,
                     "status": OrderStatus.PENDING_SUBMIT.value,
                 },
-            )
-            row = conn.execute(_BY_CID, {"cid": request.client_order_id}).one()
+            ).one()
         elif row.bot != self.bot:
             raise OrderRejectedError(f"client order id {request.client_order_id} is taken")
         return row
@@ -318,7 +315,7 @@ class PaperGateway:
         if conn.execute(_MOVE, move).rowcount == 1:
             return
         key = {"bot": self.bot, "currency": currency}
-        if conn.execute(_HAS_BALANCE, key).first() is None:
+        if conn.execute(_USED, key).first() is None:
             # A currency the bot never held (a new base): it starts from zero.
             conn.execute(_INSERT_BALANCE, {**key, "free": 0.0, "used": 0.0})
             if conn.execute(_MOVE, move).rowcount == 1:
@@ -421,7 +418,7 @@ class PaperGateway:
 def _update_order(conn: Connection, order_id: int, values: dict[str, Any]) -> Row[Any]:
     """Write a new status (and, when given, exchange id and fill) to an order row,
     stamping `updated_at`; returns the row after."""
-    conn.execute(
+    return conn.execute(
         _UPDATE_ORDER,
         {
             "p_id": order_id,
@@ -433,8 +430,7 @@ def _update_order(conn: Connection, order_id: int, values: dict[str, Any]) -> Ro
             "p_fee_currency": values.get("fee_currency"),
             "p_at": utcnow(),
         },
-    )
-    return conn.execute(_BY_ID, {"id": order_id}).one()
+    ).one()
 
 
 def _currencies(symbol: str) -> tuple[str, str]:
