@@ -71,6 +71,11 @@ app.conf.update(
             # A late beat must not pile up passes: an old one is useless.
             "options": {"expires": settings.reconcile_every_s},
         },
+        "dispatch": {
+            "task": "engine.dispatch",
+            "schedule": settings.dispatch_every_s,
+            "options": {"expires": settings.reconcile_every_s},
+        },
         "price-snapshot": {
             "task": "engine.price_snapshot",
             "schedule": settings.snapshot_every_s or crontab(minute="0"),

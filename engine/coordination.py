@@ -205,13 +205,18 @@ end
 return 1
 """
 
-_UNPARK = """
-local h = redis.call('HMGET', KEYS[1], 'status', 'gen', 'next_slot')
-if h[1] ~= 'running' or h[2] ~= ARGV[1] or h[3] ~= ARGV[2] then
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  return 0
+_UNPARK_DUE = """
+local bots = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local out = {#bots}
+for _, bot in ipairs(bots) do
+  redis.call('ZREM', KEYS[1], bot)
+  -- Bot keys are built here rather than passed in KEYS: the set decides which ones.
+  local h = redis.call('HMGET', ARGV[3] .. bot, 'status', 'gen', 'next_slot', 'origin', 'interval')
+  if h[1] == 'running' then
+    for _, v in ipairs({bot, h[2], h[3], h[4], h[5]}) do table.insert(out, v) end
+  end
 end
-return redis.call('ZREM', KEYS[2], ARGV[3])
+return out
 """
 
 
@@ -230,7 +235,7 @@ class RedisCoordinator:
         self.claim_ttl_s = claim_ttl_s
         self._begin = client.register_script(_BEGIN)
         self._advance = client.register_script(_ADVANCE)
-        self._unpark = client.register_script(_UNPARK)
+        self._unpark_due = client.register_script(_UNPARK_DUE)
         self._publish = client.register_script(_PUBLISH)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
@@ -323,9 +328,19 @@ class RedisCoordinator:
         )
         return bool(won)
 
-    def unpark(self, bot: str, generation: int, slot: int) -> bool:
-        """Take a parked slot out for dispatch; True when this caller should enqueue it."""
-        return bool(self._unpark(keys=[bot_key(bot), PARKED], args=[generation, slot, bot]))
+    def unpark_due(self, until: float, limit: int) -> tuple[int, list[tuple[str, Mirror]]]:
+        """Take up to `limit` parked slots due by `until` out of the parked set, in one
+        atomic step, so that each goes to one caller only. Returns how many left the set
+        and, of those, the bots still running with their mirrors."""
+        raw: list[bytes | int] = self._unpark_due(
+            keys=[PARKED], args=[f"{until:.3f}", limit, bot_key("")]
+        )
+        taken = []
+        for i in range(1, len(raw), 5):
+            bot, gen, slot, origin, interval = (bytes(f).decode() for f in raw[i : i + 5])
+            mirror = Mirror("running", int(gen), float(origin), float(interval), int(slot))
+            taken.append((bot, mirror))
+        return int(raw[0]), taken
 
     def publish(self, mirror: Mirror, bot: str, due: float, parked: bool) -> bool:
         """Write a bot's mirror unless Redis already holds a newer generation.

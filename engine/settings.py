@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     # the horizon: a worker holds an ETA message ~horizon seconds, not a whole interval
     # (at 10k bots x 60 s, 300 s cost ~75 MB and ~10 % more CPU; benchmarks/README.md).
     eta_horizon_s: int = Field(30, ge=10)
+    # How often beat sends parked slots on (each reconciler pass does too).
+    dispatch_every_s: float = Field(1.0, gt=0)
     visibility_timeout_s: int = Field(3600, ge=60)
     stop_drain_timeout_s: float = Field(30.0, ge=0)
     # Tick metrics are summed in each worker and written to Redis this often (0: per tick).

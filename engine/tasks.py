@@ -39,6 +39,18 @@ def reconcile() -> dict[str, int]:
     return report
 
 
+@app.task(name="engine.dispatch", ignore_result=True)
+def dispatch() -> int:
+    """Send parked slots that came inside the ETA horizon (beat, every ~1 s)."""
+    from engine.metrics import record_reconcile  # lazy: as above
+    from engine.reconciler import dispatch as dispatch_parked
+
+    rt = get_runtime()
+    sent = dispatch_parked(rt)
+    record_reconcile(rt.redis, {"dispatched": sent})
+    return sent
+
+
 @app.task(name="engine.reconcile_orders", ignore_result=True)
 def reconcile_orders() -> dict[str, int]:
     """Settle open and unknown orders of every bot against its exchange (worker start)."""

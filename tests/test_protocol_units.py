@@ -133,9 +133,24 @@ def test_parked_slots_are_dispatched_once(coordinator: RedisCoordinator) -> None
     coordinator.publish(Mirror("running", 1, 0.0, 3600.0, 0), "b", 0.0, False)
     assert coordinator.advance("b", 1, 0, 1, 3600.0, parked=True)
     assert coordinator.redis.zscore(PARKED, "b") == 3600.0
-    assert coordinator.due(PARKED, 4000.0) == ["b"]
-    assert coordinator.unpark("b", 1, 1)
-    assert not coordinator.unpark("b", 1, 1)
+    assert coordinator.unpark_due(3000.0, 10) == (0, [])  # not inside the horizon yet
+    assert coordinator.unpark_due(4000.0, 10) == (1, [("b", Mirror("running", 1, 0.0, 3600.0, 1))])
+    assert coordinator.unpark_due(4000.0, 10) == (0, [])
+
+
+def test_unpark_drops_bots_no_longer_running_and_takes_batches(
+    coordinator: RedisCoordinator,
+) -> None:
+    for name in ("a", "b", "c"):
+        coordinator.publish(Mirror("running", 1, 0.0, 3600.0, 0), name, 0.0, False)
+        assert coordinator.advance(name, 1, 0, 1, 3600.0, parked=True)
+    coordinator.publish(Mirror("stopped", 2, 0.0, 3600.0, 0), "b", 0.0, False)
+    coordinator.redis.zadd(PARKED, {"b": 3600.0})  # a stale entry left by a race
+    popped, first = coordinator.unpark_due(4000.0, 2)
+    rest_popped, rest = coordinator.unpark_due(4000.0, 2)
+    assert (popped, rest_popped) == (2, 1)
+    assert sorted(bot for bot, _ in first + rest) == ["a", "c"]
+    assert coordinator.redis.zcard(PARKED) == 0
 
 
 def test_lock_excludes_and_expires(coordinator: RedisCoordinator) -> None:
