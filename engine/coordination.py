@@ -220,6 +220,16 @@ return out
 """
 
 
+_STALE_MIRRORS = """
+local out = {}
+for i = 2, #ARGV, 2 do
+  local gen = redis.call('HGET', ARGV[1] .. ARGV[i], 'gen')
+  if not gen or tonumber(gen) < tonumber(ARGV[i + 1]) then table.insert(out, ARGV[i]) end
+end
+return out
+"""
+
+
 def _mirror(fields: list[bytes | None]) -> Mirror | None:
     if fields[0] is None:
         return None
@@ -237,6 +247,7 @@ class RedisCoordinator:
         self._advance = client.register_script(_ADVANCE)
         self._unpark_due = client.register_script(_UNPARK_DUE)
         self._publish = client.register_script(_PUBLISH)
+        self._stale_mirrors = client.register_script(_STALE_MIRRORS)
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self._complete = client.register_script(_COMPLETE)
@@ -362,6 +373,15 @@ class RedisCoordinator:
             ],
         )
         return bool(written)
+
+    def stale_mirrors(self, bots: list[tuple[str, int]]) -> list[str]:
+        """Of these (bot, generation) pairs from the database, the bots whose mirror is
+        missing or at an older generation, in one round trip."""
+        args: list[str | int] = [bot_key("")]
+        for bot, generation in bots:
+            args += (bot, generation)
+        stale: list[bytes] = self._stale_mirrors(args=args)
+        return [bot.decode() for bot in stale]
 
     def mirror(self, bot: str) -> Mirror | None:
         """The bot's mirror as Redis holds it (None when missing)."""

@@ -153,6 +153,15 @@ def test_unpark_drops_bots_no_longer_running_and_takes_batches(
     assert coordinator.redis.zcard(PARKED) == 0
 
 
+def test_stale_mirrors_are_the_missing_and_older_ones(coordinator: RedisCoordinator) -> None:
+    coordinator.publish(Mirror("running", 2, 0.0, 60.0, 0), "same", 0.0, False)
+    coordinator.publish(Mirror("running", 1, 0.0, 60.0, 0), "older", 0.0, False)
+    coordinator.publish(Mirror("running", 3, 0.0, 60.0, 0), "newer", 0.0, False)
+    database = [("same", 2), ("older", 2), ("newer", 2), ("missing", 1)]
+    assert coordinator.stale_mirrors(database) == ["older", "missing"]
+    assert coordinator.stale_mirrors([]) == []
+
+
 def test_lock_excludes_and_expires(coordinator: RedisCoordinator) -> None:
     with coordinator.lock("b", ttl=5, wait=0) as first:
         assert first
