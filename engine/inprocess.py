@@ -19,6 +19,7 @@ from engine.coordination import Begin, Mirror, Next, Verdict
 from engine.db import engine_for, migrate
 from engine.logging import get_logger
 from engine.runtime import Runtime
+from engine.schedule import due_at
 from engine.settings import Settings
 from engine.tick import run_tick
 
@@ -120,17 +121,35 @@ class _SleepSchedule:
         self.next = (generation, slot, due)
 
 
+def _parked_successor(
+    coordinator: MemoryCoordinator, bot: str, generation: int, slot: int
+) -> tuple[int, int, float] | None:
+    """The successor a tick parked (due beyond the ETA horizon) instead of sending it:
+    with no dispatcher in this process, the loop sends it itself. None when the chain
+    ended (stopped, error, or the tick recorded no successor)."""
+    mirror = coordinator.mirrors.get(bot)
+    if (
+        mirror is None
+        or mirror.status != "running"
+        or mirror.generation != generation
+        or mirror.next_slot == slot
+    ):
+        return None
+    return generation, mirror.next_slot, due_at(mirror.origin, mirror.interval, mirror.next_slot)
+
+
 def run_foreground(
     config: BotConfig, settings: Settings, stop: threading.Event, source: str | None = None
 ) -> int:
     """Run one bot until `stop` is set (Ctrl-C); returns the number of ticks run."""
     migrate(settings.database_url)
     schedule = _SleepSchedule()
+    coordinator = MemoryCoordinator()
     rt = Runtime(
         settings=settings,
         redis=None,
         db=engine_for(settings.database_url),
-        coordinator=MemoryCoordinator(),
+        coordinator=coordinator,
         enqueue=schedule.enqueue,
     )
     result = lifecycle.start(rt, config, source=source)
@@ -149,6 +168,8 @@ def run_foreground(
             schedule.next = None
             run_tick(rt, config.name, generation, slot)
             ticks += 1
+            if schedule.next is None:
+                schedule.next = _parked_successor(coordinator, config.name, generation, slot)
     finally:
         lifecycle.stop(rt, config.name)
         log.info("run.stopped", bot=config.name, ticks=ticks)

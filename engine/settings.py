@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     # Slots due further away are parked in Redis and sent by the reconciler once inside
     # the horizon: a worker holds an ETA message ~horizon seconds, not a whole interval
     # (at 10k bots x 60 s, 300 s cost ~75 MB and ~10 % more CPU; benchmarks/README.md).
-    eta_horizon_s: int = Field(30, ge=10)
+    eta_horizon_s: int = Field(30, ge=2)
     # How often beat sends parked slots on (each reconciler pass does too).
     dispatch_every_s: float = Field(1.0, gt=0)
     visibility_timeout_s: int = Field(3600, ge=60)
@@ -76,9 +76,9 @@ class Settings(BaseSettings):
         # An ETA message held longer than the visibility timeout is redelivered (celery #2481).
         if self.eta_horizon_s >= self.visibility_timeout_s:
             raise ValueError("ETA_HORIZON_S must be below VISIBILITY_TIMEOUT_S")
-        # A parked slot must be sent at least one reconciler pass before it is due.
-        if self.eta_horizon_s <= self.reconcile_every_s:
-            raise ValueError("ETA_HORIZON_S must be above RECONCILE_EVERY_S")
+        # A parked slot must be sent at least one dispatch pass before it is due.
+        if self.eta_horizon_s <= self.dispatch_every_s:
+            raise ValueError("ETA_HORIZON_S must be above DISPATCH_EVERY_S")
         return self
 
     def secret_values(self) -> list[str]:
