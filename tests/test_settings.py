@@ -19,5 +19,5 @@ def test_eta_messages_are_never_held_past_the_visibility_timeout() -> None:
         Settings(eta_horizon_s=600, visibility_timeout_s=600)
 
 
-def test_the_default_horizon_parks_slots_more_than_30_s_away() -> None:
-    assert Settings(_env_file=None).eta_horizon_s == 30
+def test_the_default_horizon_parks_slots_more_than_5_s_away() -> None:
+    assert Settings(_env_file=None).eta_horizon_s == 5
