@@ -10,6 +10,7 @@ visibility timeout.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import bindparam, update
 from sqlalchemy import select as sa_select
@@ -91,13 +92,12 @@ def _restore_mirrors(
     # a few ms (10k rows as a redis-py pipeline took ~0.4 s, stalling that worker's ticks).
     with rt.db.connect() as conn:
         running = [(name, gen) for name, gen in conn.execute(_RUNNING)]
-    stale: list[str] = []
+    rows: list[Any] = []
     for start in range(0, len(running), _COMPARE_BATCH):
-        stale += coordinator.stale_mirrors(running[start : start + _COMPARE_BATCH])
-    if not stale:
-        return
-    with rt.db.connect() as conn:
-        rows = list(conn.execute(_SCHEDULES, {"p_names": stale}))
+        stale = coordinator.stale_mirrors(running[start : start + _COMPARE_BATCH])
+        if stale:  # rare (Redis lost data): the rest of their rows, a batch at a time
+            with rt.db.connect() as conn:
+                rows += conn.execute(_SCHEDULES, {"p_names": stale}).all()
     for bot in rows:
         if bot.status != BotStatus.RUNNING.value:
             continue  # stopped since the first read
