@@ -88,6 +88,30 @@ def test_long_interval_slots_are_parked_and_dispatched_by_the_reconciler(
     assert second.lateness_ms < 2000
 
 
+@pytest.mark.sqlite_only
+def test_parked_bots_resume_once_beat_is_back(engine: Engine) -> None:
+    # Given a bot whose every next slot is parked (2 s horizon, 4 s interval), so each
+    # one waits for beat's dispatch
+    engine.procs.env["ETA_HORIZON_S"] = "2"
+    engine.rt.settings = engine.rt.settings.model_copy(update={"eta_horizon_s": 2})
+    engine.procs.worker("w1")
+    engine.procs.beat()
+    lifecycle.start(engine.rt, bot_config("slow", interval="4s"))
+    assert wait_for(lambda: engine.bot("slow").ticks_ok >= 2, 20)
+    # When beat dies, nothing sends the parked slots: the bot stalls (one slot may have
+    # been sent already)
+    engine.procs.kill("beat")
+    stalled = engine.bot("slow").ticks_ok
+    time.sleep(10)
+    assert engine.bot("slow").ticks_ok <= stalled + 1
+    # Then a new beat brings the chain back, and no slot ran twice
+    engine.procs.beat()
+    assert wait_for(lambda: engine.bot("slow").ticks_ok >= stalled + 3, 30)
+    lifecycle.stop(engine.rt, "slow")
+    slots = [t.slot for t in engine.ticks("slow")]
+    assert len(slots) == len(set(slots))
+
+
 def test_worker_start_settles_orders_a_crash_left_unknown(engine: Engine, simulator: Any) -> None:
     from engine.db import session_scope
     from engine.exchange.simulator import make_ccxt_client
