@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 from dataclasses import asdict
 from pathlib import Path
@@ -304,8 +305,6 @@ def tuning_env() -> dict[str, str]:
     """Engine tuning set in the environment (every worker inherits it): the settings
     measured in seconds (`ETA_HORIZON_S`, `RECONCILE_EVERY_S`, ...) and glibc's
     `MALLOC_*`. No URLs, so no credentials."""
-    import os
-
     return {
         key: value
         for key, value in sorted(os.environ.items())

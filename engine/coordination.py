@@ -343,15 +343,14 @@ class RedisCoordinator:
         """Take up to `limit` parked slots due by `until` out of the parked set, in one
         atomic step, so that each goes to one caller only. Returns how many left the set
         and, of those, the bots still running with their mirrors."""
-        raw: list[bytes | int] = self._unpark_due(
-            keys=[PARKED], args=[f"{until:.3f}", limit, bot_key("")]
-        )
+        popped, *raw = self._unpark_due(keys=[PARKED], args=[f"{until:.3f}", limit, bot_key("")])
+        fields = [f.decode() for f in raw]
         taken = []
-        for i in range(1, len(raw), 5):
-            bot, gen, slot, origin, interval = (bytes(f).decode() for f in raw[i : i + 5])
+        for i in range(0, len(fields), 5):
+            bot, gen, slot, origin, interval = fields[i : i + 5]
             mirror = Mirror("running", int(gen), float(origin), float(interval), int(slot))
             taken.append((bot, mirror))
-        return int(raw[0]), taken
+        return int(popped), taken
 
     def publish(self, mirror: Mirror, bot: str, due: float, parked: bool) -> bool:
         """Write a bot's mirror unless Redis already holds a newer generation.

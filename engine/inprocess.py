@@ -111,31 +111,26 @@ class MemoryCoordinator:
             return True
 
 
-class _SleepSchedule:
-    """The successor queue of one bot: the next (generation, slot, due) to run."""
-
-    def __init__(self) -> None:
-        self.next: tuple[int, int, float] | None = None
-
-    def enqueue(self, bot: str, generation: int, slot: int, due: float) -> None:
-        self.next = (generation, slot, due)
-
-
-def _parked_successor(
-    coordinator: MemoryCoordinator, bot: str, generation: int, slot: int
+def _current_slot(
+    coordinator: MemoryCoordinator, bot: str, last: tuple[int, int] | None
 ) -> tuple[int, int, float] | None:
-    """The successor a tick parked (due beyond the ETA horizon) instead of sending it:
-    with no dispatcher in this process, the loop sends it itself. None when the chain
-    ended (stopped, error, or the tick recorded no successor)."""
+    """The (generation, slot, due) the bot's chain is at, read from its mirror whether the
+    last tick sent its successor or parked it (no dispatcher runs here). None when the
+    chain ended: stopped, in error, or the last tick (`last`) recorded no successor."""
     mirror = coordinator.mirrors.get(bot)
-    if (
-        mirror is None
-        or mirror.status != "running"
-        or mirror.generation != generation
-        or mirror.next_slot == slot
-    ):
+    if mirror is None or mirror.status != "running":
         return None
-    return generation, mirror.next_slot, due_at(mirror.origin, mirror.interval, mirror.next_slot)
+    if (mirror.generation, mirror.next_slot) == last:
+        return None
+    return (
+        mirror.generation,
+        mirror.next_slot,
+        due_at(mirror.origin, mirror.interval, mirror.next_slot),
+    )
+
+
+def _no_message(bot: str, generation: int, slot: int, due: float) -> None:
+    """The runtime's enqueue: the loop reads the next slot from the mirror instead."""
 
 
 def run_foreground(
@@ -143,14 +138,13 @@ def run_foreground(
 ) -> int:
     """Run one bot until `stop` is set (Ctrl-C); returns the number of ticks run."""
     migrate(settings.database_url)
-    schedule = _SleepSchedule()
     coordinator = MemoryCoordinator()
     rt = Runtime(
         settings=settings,
         redis=None,
         db=engine_for(settings.database_url),
         coordinator=coordinator,
-        enqueue=schedule.enqueue,
+        enqueue=_no_message,
     )
     result = lifecycle.start(rt, config, source=source)
     if result.change is lifecycle.Change.UNCHANGED:
@@ -158,18 +152,18 @@ def run_foreground(
         lifecycle.stop(rt, config.name)
         lifecycle.start(rt, config, source=source)
     ticks = 0
+    last: tuple[int, int] | None = None
     try:
         while not stop.is_set():
-            if schedule.next is None:
-                break  # the chain ended (error state)
-            generation, slot, due = schedule.next
+            current = _current_slot(coordinator, config.name, last)
+            if current is None:
+                break
+            generation, slot, due = current
             if stop.wait(max(0.0, due - time.time())):
                 break
-            schedule.next = None
             run_tick(rt, config.name, generation, slot)
             ticks += 1
-            if schedule.next is None:
-                schedule.next = _parked_successor(coordinator, config.name, generation, slot)
+            last = (generation, slot)
     finally:
         lifecycle.stop(rt, config.name)
         log.info("run.stopped", bot=config.name, ticks=ticks)
