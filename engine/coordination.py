@@ -4,7 +4,7 @@ The database is the authority on every bot; Redis mirrors the hot fields (status
 generation, origin, interval, next slot) so that a tick's guard, claim and successor
 compare-and-set cost one round trip each, done atomically in Lua: a tick makes two
 (`begin`: guard, claim and bot lock; `complete`: claim done, lock released, successor
-compare-and-set), plus the successor's message.
+compare-and-set, and the successor's message when the broker is this Redis).
 """
 
 from __future__ import annotations
@@ -82,6 +82,17 @@ class Next:
     slot: int
     due: float
     parked: bool
+    # Its broker message, built ahead when the coordinator can push it itself (see
+    # engine.outbox): then the CAS winner's successor is sent atomically with the CAS.
+    message: Outgoing | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A serialized broker message and the Redis list it goes to."""
+
+    queue: str
+    body: str
 
 
 class Coordinator(Protocol):
@@ -95,7 +106,8 @@ class Coordinator(Protocol):
         self, bot: str, generation: int, slot: int, lock: str, successor: Next | None
     ) -> bool:
         """Mark a claimed slot done, release its lock, and compare-and-set the next slot
-        from `slot` to `successor` (None: no successor). True for the CAS winner."""
+        from `slot` to `successor` (None: no successor). True for the CAS winner,
+        whose `successor.message`, when given, is sent in the same atomic step."""
         ...
 
     def lock(
@@ -178,7 +190,11 @@ _COMPLETE = (
 redis.call('SET', KEYS[2], ARGV[1], 'XX', 'KEEPTTL')
 if ARGV[2] ~= '' and redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
 if ARGV[3] ~= '1' then return 0 end
-return move_next(KEYS[1], KEYS[4], KEYS[5], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+local won = move_next(KEYS[1], KEYS[4], KEYS[5],
+                      ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+-- The winner's successor message, sent in the same atomic step as the CAS.
+if won == 1 and ARGV[10] ~= '' then redis.call('LPUSH', KEYS[6], ARGV[10]) end
+return won
 """
 )
 
@@ -276,8 +292,10 @@ class RedisCoordinator:
         self, bot: str, generation: int, slot: int, lock: str, successor: Next | None
     ) -> bool:
         """Mark the claim done (the reconciler then knows the slot is not in flight),
-        release the bot lock, and move next_slot to `successor` if nobody else did."""
+        release the bot lock, and move next_slot to `successor` if nobody else did; the
+        winner also pushes `successor.message` (when built) onto its queue."""
         nxt = successor or Next(slot, 0.0, False)
+        message = nxt.message or Outgoing(SCHEDULE, "")  # unused key: no message
         won = self._complete(
             keys=[
                 bot_key(bot),
@@ -285,6 +303,7 @@ class RedisCoordinator:
                 lock_key(bot),
                 SCHEDULE,
                 PARKED,
+                message.queue,
             ],
             args=[
                 f"done:{time.time():.3f}",
@@ -296,6 +315,7 @@ class RedisCoordinator:
                 f"{nxt.due:.3f}",
                 int(nxt.parked),
                 bot,
+                message.body,
             ],
         )
         return bool(won)

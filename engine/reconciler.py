@@ -20,7 +20,7 @@ from engine.coordination import SCHEDULE, Mirror, RedisCoordinator
 from engine.db import session_scope
 from engine.logging import get_logger
 from engine.models import Bot, BotStatus
-from engine.runtime import Runtime
+from engine.runtime import Runtime, send_ticks
 from engine.schedule import due_at, first_slot_after, next_runnable
 
 log = get_logger("engine.reconciler")
@@ -71,9 +71,13 @@ def dispatch(rt: Runtime) -> int:
     sent = 0
     while True:
         popped, batch = coordinator.unpark_due(until, _DISPATCH_BATCH)
-        for bot, mirror in batch:
-            due = due_at(mirror.origin, mirror.interval, mirror.next_slot)
-            rt.enqueue(bot, mirror.generation, mirror.next_slot, due)
+        send_ticks(
+            rt,
+            [
+                (bot, m.generation, m.next_slot, due_at(m.origin, m.interval, m.next_slot))
+                for bot, m in batch
+            ],
+        )
         sent += len(batch)
         if popped < _DISPATCH_BATCH:
             return sent

@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from engine.coordination import Coordinator, RedisCoordinator
 from engine.db import engine_for
 from engine.metrics import TickBuffer
+from engine.outbox import TickOutbox, expires_in, outbox_for, tick_id
 from engine.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ class Runtime:
     gateway_for: Callable[[BotConfig], Gateway] | None = None
     # Messages waiting in the tick queue (None: unknown); the reconciler backs off on it.
     backlog: Callable[[], int] | None = None
+    # Set when tick messages can be pushed to the broker directly (see engine.outbox).
+    outbox: TickOutbox | None = None
     # Per bot: (generation, tick.Setup), built once per process (see tick.bot_setup).
     setups: dict[str, tuple[int, Any]] = field(default_factory=dict)
     tick_metrics: TickBuffer = field(init=False)
@@ -97,11 +100,27 @@ def celery_enqueue(bot: str, generation: int, slot: int, due: float) -> None:
     now = time.time()
     tick.apply_async(
         args=(bot, generation, slot),
-        task_id=f"tick:{bot}:{generation}:{slot}",
+        task_id=tick_id(bot, generation, slot),
         countdown=max(0.0, due - now),
-        # Far past its due time a slot is useless; the reconciler moves the bot on.
-        expires=max(due, now) + max(60.0, 4 * (due - now) if due > now else 60.0),
+        expires=expires_in(due, now),  # Celery reads a number as seconds from now
     )
+
+
+def send_ticks(rt: Runtime, ticks: Sequence[tuple[str, int, int, float]]) -> None:
+    """Send several (bot, generation, slot, due) tick messages: in one round trip through
+    the outbox when there is one, else one `enqueue` each."""
+    if rt.outbox is None or rt.redis is None:
+        for bot, generation, slot, due in ticks:
+            rt.enqueue(bot, generation, slot, due)
+        return
+    now = rt.clock()
+    rt.outbox.push(rt.redis, [rt.outbox.message(*tick, now) for tick in ticks])
+
+
+def _celery_app() -> Any:
+    from engine.celery_app import app  # lazy: tasks import this module
+
+    return app
 
 
 _lock = threading.Lock()
@@ -123,6 +142,7 @@ def get_runtime() -> Runtime:
                 coordinator=RedisCoordinator(client, claim_ttl(settings)),
                 enqueue=celery_enqueue,
                 backlog=celery_backlog,
+                outbox=outbox_for(settings, _celery_app()),
             )
             _pid = os.getpid()
         return _runtime

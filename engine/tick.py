@@ -77,7 +77,7 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
     finally:
         finished = rt.clock()
         next_slot, missed = successor(mirror.origin, mirror.interval, slot, finished)
-        nxt = plan_next(rt, mirror, next_slot)
+        nxt = plan_next(rt, bot, mirror, next_slot)
         done = TickRecord(
             bot, generation, slot, due, started, finished, outcome, error, sent, nxt.slot, state
         )
@@ -301,12 +301,19 @@ def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
         return BotStatus.RUNNING
 
 
-def plan_next(rt: Runtime, mirror: Mirror, slot: int) -> Next:
+def plan_next(rt: Runtime, bot: str, mirror: Mirror, slot: int) -> Next:
     """The successor slot with its due time, parked when beyond the ETA horizon (the
     reconciler dispatches it later, so no ETA message waits longer than the horizon or
-    the visibility timeout)."""
+    the visibility timeout). With an outbox its message is built here, for `complete`
+    to send atomically with the compare-and-set."""
     due = due_at(mirror.origin, mirror.interval, slot)
-    return Next(slot, due, due - rt.clock() > rt.settings.eta_horizon_s)
+    now = rt.clock()
+    if due - now > rt.settings.eta_horizon_s:
+        return Next(slot, due, parked=True)
+    message = None
+    if rt.outbox is not None:
+        message = rt.outbox.message(bot, mirror.generation, slot, due, now)
+    return Next(slot, due, parked=False, message=message)
 
 
 def send_successor(rt: Runtime, bot: str, generation: int, nxt: Next, missed: int) -> None:
@@ -315,12 +322,13 @@ def send_successor(rt: Runtime, bot: str, generation: int, nxt: Next, missed: in
 
     Only the winner counts the gap (the reconciler, when it moves a chain, counts its
     own), so a gap is counted once whoever closes it. A parked slot gets no message:
-    the reconciler dispatches it once it comes inside the ETA horizon.
+    the reconciler dispatches it once it comes inside the ETA horizon. A prebuilt one
+    was sent by `complete` already.
     """
     if missed:
         with rt.db.begin() as conn:
             conn.execute(_COUNT_MISSED, {"p_name": bot, "p_missed": missed})
-    if not nxt.parked:
+    if not nxt.parked and nxt.message is None:
         rt.enqueue(bot, generation, nxt.slot, nxt.due)
 
 
