@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, Float, String, bindparam, case, func, insert, update
+from sqlalchemy import Engine, Float, String, bindparam, case, func, insert, or_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -57,7 +57,9 @@ _orders = Order.__table__  # type: ignore[attr-defined]
 _fills = Fill.__table__  # type: ignore[attr-defined]
 _LIVE_ROWS = (
     sa_select(_orders)
-    .where(_orders.c.bot == bindparam("bot"), _orders.c.status.in_([s.value for s in _LIVE]))
+    # OR of fixed parameters, not IN: an IN list is re-rendered on every execution
+    # (SQLAlchemy's "expanding" parameters), ~0.1 ms of every tick.
+    .where(_orders.c.bot == bindparam("bot"), or_(*(_orders.c.status == s.value for s in _LIVE)))
     .order_by(_orders.c.id)
 )
 _BY_CID = sa_select(_orders).where(_orders.c.client_order_id == bindparam("cid"))

@@ -79,7 +79,18 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
         next_slot, missed = successor(mirror.origin, mirror.interval, slot, finished)
         nxt = plan_next(rt, bot, mirror, next_slot)
         done = TickRecord(
-            bot, generation, slot, due, started, finished, outcome, error, sent, nxt.slot, state
+            bot=bot,
+            generation=generation,
+            slot=slot,
+            due=due,
+            started=started,
+            finished=finished,
+            outcome=outcome,
+            error=error,
+            orders=sent,
+            next_slot=nxt.slot,
+            missed=missed,
+            state=state,
         )
         try:
             status = record(rt, done, fatal)  # 5. record
@@ -90,7 +101,7 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
         # 6. successor: claim done, lock released and next_slot compare-and-set at once.
         plan = nxt if status == BotStatus.RUNNING else None
         if rt.coordinator.complete(bot, generation, slot, begin.lock, plan):
-            send_successor(rt, bot, generation, nxt, missed)
+            send_successor(rt, bot, generation, nxt)
         rt.tick_metrics.add(outcome.value, started - due, finished - started)
         if status == BotStatus.ERROR:
             retired = Mirror(status.value, generation, mirror.origin, mirror.interval, nxt.slot)
@@ -179,6 +190,7 @@ class TickRecord:
     error: str | None
     orders: int
     next_slot: int
+    missed: int  # slots skipped between this one and next_slot
     state: dict[str, Any] | None = None
 
 
@@ -197,6 +209,18 @@ _UPDATE_BOT = (
     .values(
         ticks_ok=_bots.c.ticks_ok + bindparam("p_ok"),
         ticks_failed=_bots.c.ticks_failed + bindparam("p_failed"),
+        # The gap up to the successor, unless the chain was moved past this slot while it
+        # ran (a reconciler that took this tick for dead counts its own gap): the SET
+        # expressions all read the row as it was before this update.
+        ticks_missed=_bots.c.ticks_missed
+        + case(
+            (
+                (_bots.c.generation == bindparam("p_gen"))
+                & (_bots.c.next_slot == bindparam("p_slot")),
+                bindparam("p_missed"),
+            ),
+            else_=0,
+        ),
         orders_sent=_bots.c.orders_sent + bindparam("p_orders"),
         consecutive_failures=case(
             (bindparam("p_failed") == 1, _bots.c.consecutive_failures + 1), else_=0
@@ -216,11 +240,6 @@ _SET_ERROR = (
     update(_bots)
     .where(_bots.c.name == bindparam("p_name"), _bots.c.generation == bindparam("p_gen"))
     .values(status=BotStatus.ERROR.value, last_error=bindparam("p_error", type_=String))
-)
-_COUNT_MISSED = (
-    update(_bots)
-    .where(_bots.c.name == bindparam("p_name"))
-    .values(ticks_missed=_bots.c.ticks_missed + bindparam("p_missed"))
 )
 _UPDATE_STATE = (
     update(_states)
@@ -270,7 +289,9 @@ def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
                     "p_error": rec.error,
                     "p_at": at,
                     "p_gen": rec.generation,
+                    "p_slot": rec.slot,
                     "p_next": rec.next_slot,
+                    "p_missed": rec.missed,
                 },
             ).first()
             if row is None or row[1] != rec.generation:
@@ -316,18 +337,12 @@ def plan_next(rt: Runtime, bot: str, mirror: Mirror, slot: int) -> Next:
     return Next(slot, due, parked=False, message=message)
 
 
-def send_successor(rt: Runtime, bot: str, generation: int, nxt: Next, missed: int) -> None:
-    """Step 6, for the compare-and-set winner: count the skipped slots and send the
-    successor's message.
+def send_successor(rt: Runtime, bot: str, generation: int, nxt: Next) -> None:
+    """Step 6, for the compare-and-set winner: send the successor's message.
 
-    Only the winner counts the gap (the reconciler, when it moves a chain, counts its
-    own), so a gap is counted once whoever closes it. A parked slot gets no message:
-    the reconciler dispatches it once it comes inside the ETA horizon. A prebuilt one
-    was sent by `complete` already.
+    A parked slot gets no message: the reconciler dispatches it once it comes inside
+    the ETA horizon. A prebuilt one was sent by `complete` already.
     """
-    if missed:
-        with rt.db.begin() as conn:
-            conn.execute(_COUNT_MISSED, {"p_name": bot, "p_missed": missed})
     if not nxt.parked and nxt.message is None:
         rt.enqueue(bot, generation, nxt.slot, nxt.due)
 
