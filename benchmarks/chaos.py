@@ -1,8 +1,10 @@
 """`python -m benchmarks.chaos --profile small|tiny|medium [...]`: a fault run.
 
 N bots (part of them live on the simulator, so orders really reach its order log) tick
-at a short interval while the harness, on a seeded schedule, SIGKILLs workers (starting
-a replacement each time) and restarts Redis with its data gone; every bot is started
+at a short interval (every third at 3x, so that its slots are parked and sent by beat)
+while the harness, on a seeded schedule, SIGKILLs workers (starting a replacement each
+time), restarts Redis with its data gone and SIGKILLs beat (starting it again a few
+seconds later); every bot is started
 twice concurrently, and the simulator injects timeouts, 429s, 5xx and lost order
 responses throughout. Then all bots stop, a final reconciliation pass runs, and the
 invariants in `benchmarks.invariants` are checked. Exit status 1 if any broke.
@@ -42,6 +44,9 @@ CHAOS_ENV = {
     "RECONCILE_GRACE_S": "3",
     "TICK_TIME_LIMIT_S": "20",
     "MAX_CONSECUTIVE_FAILURES": "5",
+    # Slots more than 2 s away are parked: the 3 s bots depend on beat's dispatch.
+    "ETA_HORIZON_S": "2",
+    "DISPATCH_EVERY_S": "1",
 }
 
 
@@ -61,13 +66,17 @@ def exchange_faults(profile: ChaosProfile) -> dict[str, Any]:
 
 
 def fault_plan(profile: ChaosProfile) -> list[tuple[float, str]]:
-    """(seconds after start, "kill" | "redis_restart") in time order, seeded.
+    """(seconds after start, "kill" | "redis_restart" | "beat_kill") in time order, seeded.
 
     Faults are spread evenly over 15-75 % of the run with a seeded jitter, so each
     one's recovery is seen on its own; their order is shuffled by the seed.
     """
     rng = random.Random(profile.seed)
-    kinds = ["kill"] * profile.kills + ["redis_restart"] * profile.redis_restarts
+    kinds = (
+        ["kill"] * profile.kills
+        + ["redis_restart"] * profile.redis_restarts
+        + ["beat_kill"] * profile.beat_kills
+    )
     rng.shuffle(kinds)
     lo, hi = 0.15 * profile.duration_s, 0.75 * profile.duration_s
     gap = (hi - lo) / max(len(kinds), 1)
@@ -137,6 +146,18 @@ class Chaos:
         else:
             self.spawn_worker()
 
+    def kill_beat(self) -> None:
+        """SIGKILL beat and start it again `beat_down_s` later: meanwhile nothing
+        dispatches parked slots or reconciles."""
+        with self.lock:
+            self.stack.procs.kill("beat")
+            self.faults.append(("beat_kill", time.time()))
+            _say("SIGKILLed beat")
+        time.sleep(self.profile.beat_down_s)
+        with self.lock:
+            self.stack.procs.beat(self.stack.workdir)
+            _say("beat started again")
+
     def restart_redis(self) -> None:
         """Restart Redis on the same port with nothing in it (no persistence)."""
         assert self.stack.redis is not None  # chaos always runs its own Redis
@@ -152,15 +173,27 @@ class Chaos:
         self.stack.procs.beat(self.stack.workdir)
         self.supervisor.start()
         live_every = round(1 / p.live_fraction) if p.live_fraction > 0 else 0
-        configs = fleet.fleet("x", p.bots, p.interval_s, dca_every=1, live_every=live_every)
+        configs = [
+            c.model_copy(update={"check_interval": 3 * p.interval_s})
+            if p.parked_every and i % p.parked_every == p.parked_every - 1
+            else c
+            for i, c in enumerate(
+                fleet.fleet("x", p.bots, p.interval_s, dca_every=1, live_every=live_every)
+            )
+        ]
         live = {c.name for c in configs if c.mode == "live"}
         self.stack.sim("/_sim/faults", exchange_faults(p))
         t0 = time.time()
         changes = start_twice(self.rt, configs)
         _say(f"started {p.bots} bots twice each: {changes}")
+        inject = {
+            "kill": self.kill_worker,
+            "redis_restart": self.restart_redis,
+            "beat_kill": self.kill_beat,
+        }
         for offset, kind in fault_plan(p):
             _sleep_until(t0 + offset)
-            self.kill_worker() if kind == "kill" else self.restart_redis()
+            inject[kind]()
         _sleep_until(t0 + p.duration_s)
         self._await_recovery([c.name for c in configs])
         # Read before stopping: a stop turns an errored bot into a stopped one.
@@ -319,7 +352,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{'PASS' if result['ok'] else 'FAIL'}",
         "",
         f"{result['bots']} bots ({result['live_bots']} live on the simulator) at "
-        f"{result['settings']['interval_s']:g} s for {result['settings']['duration_s']:g} s;"
+        f"{result['settings']['interval_s']:g} s (1 in {result['settings']['parked_every']}"
+        f" at 3x, parked) for {result['settings']['duration_s']:g} s;"
         f" {result['ticks_recorded']} ticks {result['outcomes']}.",
         "",
         "| invariant | ok | figures |",
@@ -349,6 +383,7 @@ def parse_args(argv: list[str] | None) -> tuple[ChaosProfile, argparse.Namespace
     parser.add_argument("--duration", type=float, dest="duration_s")
     parser.add_argument("--kills", type=int)
     parser.add_argument("--redis-restarts", type=int)
+    parser.add_argument("--beat-kills", type=int)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--pool", choices=["threads", "prefork", "gevent", "solo"])
@@ -365,6 +400,7 @@ def parse_args(argv: list[str] | None) -> tuple[ChaosProfile, argparse.Namespace
             "duration_s",
             "kills",
             "redis_restarts",
+            "beat_kills",
             "seed",
             "workers",
             "pool",

@@ -104,6 +104,12 @@ class ChaosProfile:
     duration_s: float
     kills: int
     redis_restarts: int
+    # Beat SIGKILLed and started again `beat_down_s` later (compose restarts it).
+    beat_kills: int = 0
+    beat_down_s: float = 5.0
+    # Every n-th bot ticks at 3x the interval, beyond the run's ETA horizon: each of its
+    # slots is parked and only beat's dispatch sends it (0: none).
+    parked_every: int = 3
     live_fraction: float = 0.5  # the rest are paper bots
     seed: int = 7
     recovery_bound_s: float = 30.0
@@ -121,12 +127,30 @@ class ChaosProfile:
 
 CHAOS_PROFILES: dict[str, ChaosProfile] = {
     "small": ChaosProfile(
-        "small", bots=30, interval_s=1.0, duration_s=90.0, kills=2, redis_restarts=1
+        "small",
+        bots=30,
+        interval_s=1.0,
+        duration_s=90.0,
+        kills=2,
+        redis_restarts=1,
+        beat_kills=1,
     ),
     "tiny": ChaosProfile(
-        "tiny", bots=10, interval_s=1.0, duration_s=40.0, kills=1, redis_restarts=1
+        "tiny",
+        bots=10,
+        interval_s=1.0,
+        duration_s=40.0,
+        kills=1,
+        redis_restarts=1,
+        beat_kills=1,
     ),
     "medium": ChaosProfile(
-        "medium", bots=300, interval_s=2.0, duration_s=180.0, kills=4, redis_restarts=2
+        "medium",
+        bots=300,
+        interval_s=2.0,
+        duration_s=180.0,
+        kills=4,
+        redis_restarts=2,
+        beat_kills=1,
     ),
 }
