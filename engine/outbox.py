@@ -5,7 +5,7 @@ publish and retry wrappers), about a tenth of a tick's whole cost in a worker. W
 broker is the coordination Redis itself, the engine builds the same message and pushes
 it: a tick's successor inside the `complete` script, so the compare-and-set winner's
 message is sent in the same atomic step as the CAS, and parked slots one LPUSH per
-dispatch batch. Building it costs ~0.1 ms.
+dispatch batch. Building it costs ~0.05 ms.
 
 The task part is Celery's own (`app.amqp.as_task_v2`); the envelope around it is
 kombu's virtual-transport format (`Channel.prepare_message` and

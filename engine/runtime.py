@@ -117,12 +117,6 @@ def send_ticks(rt: Runtime, ticks: Sequence[tuple[str, int, int, float]]) -> Non
     rt.outbox.push(rt.redis, [rt.outbox.message(*tick, now) for tick in ticks])
 
 
-def _celery_app() -> Any:
-    from engine.celery_app import app  # lazy: tasks import this module
-
-    return app
-
-
 _lock = threading.Lock()
 _runtime: Runtime | None = None
 _pid: int | None = None
@@ -133,6 +127,8 @@ def get_runtime() -> Runtime:
     global _runtime, _pid  # one runtime per process is the point
     with _lock:
         if _runtime is None or _pid != os.getpid():
+            from engine.celery_app import app as celery_app  # lazy: tasks import this module
+
             settings = get_settings()
             client = redis_client(settings.redis_url)
             _runtime = Runtime(
@@ -142,7 +138,7 @@ def get_runtime() -> Runtime:
                 coordinator=RedisCoordinator(client, claim_ttl(settings)),
                 enqueue=celery_enqueue,
                 backlog=celery_backlog,
-                outbox=outbox_for(settings, _celery_app()),
+                outbox=outbox_for(settings, celery_app),
             )
             _pid = os.getpid()
         return _runtime
