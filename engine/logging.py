@@ -75,13 +75,18 @@ redactor = SecretRedactor()
 
 
 def _shared_processors() -> list[Processor]:
+    """What every line gets first: context, level, logger name and time."""
     return [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.stdlib.ExtraAdder(),
     ]
+
+
+def _tail() -> list[Processor]:
+    """What every line gets last: the exception text, redaction, the renderer."""
+    return [structlog.processors.format_exc_info, redactor, _render]
 
 
 class _Output:
@@ -118,7 +123,7 @@ class _LineWriter:
         handler = _Output.handler
         with handler.lock:  # type: ignore[union-attr]  # a Handler's lock is set at init
             handler.stream.write(line + "\n")
-            handler.stream.flush()
+            handler.flush()
 
     debug = info = warning = warn = error = exception = critical = msg = write
 
@@ -137,13 +142,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json", stream: TextIO | N
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=_shared_processors(),
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            redactor,
-            renderer,
-        ],
+        foreign_pre_chain=[*_shared_processors(), structlog.stdlib.ExtraAdder()],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *_tail()],
     )
     handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(formatter)
@@ -160,14 +160,9 @@ def configure_logging(level: str = "INFO", fmt: str = "json", stream: TextIO | N
     structlog.configure(
         processors=[
             _below_level,
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.stdlib.add_logger_name,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *_shared_processors(),
             structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            redactor,
-            _render,
+            *_tail(),
         ],
         logger_factory=_LineWriter,
         # The level is checked by `_below_level` against the current configuration.
