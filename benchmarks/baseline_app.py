@@ -18,6 +18,7 @@ import time
 
 from celery import Celery
 
+from engine.outbox import expires_in
 from engine.schedule import successor
 
 QUEUE = "baseline"
@@ -57,7 +58,7 @@ def enqueue(bot: str, slot: int, origin: float, interval: float, end: float) -> 
         args=(bot, slot, origin, interval, end),
         task_id=f"baseline:{bot}:{slot}",
         countdown=max(0.0, due - now),
-        expires=max(due, now) + max(60.0, 4 * (due - now) if due > now else 60.0),
+        expires=expires_in(due, now),
     )
 
 

@@ -19,7 +19,7 @@ import redis
 from benchmarks import fleet, metrics
 from benchmarks.infra import Proc, Stack, harness_runtime, switch_interval_env
 from benchmarks.profiles import BenchProfile
-from benchmarks.sampler import Sampler
+from benchmarks.sampler import Sampler, WindowUsage
 
 BLOCKED_EVENTS = (
     "tick.duplicate",
@@ -184,7 +184,12 @@ def engine_figures(
     return _side(figures, rows, sampler, "engine-worker", main, profile) | {
         "exchange_requests_per_tick": round(main.requests / len(rows), 4) if rows else None,
         "saturation": _saturation(
-            sat_rows, sat, profile, sum(n - 1 for n in sat_dups.values() if n > 1)
+            sat_rows,
+            sat,
+            profile,
+            sum(n - 1 for n in sat_dups.values() if n > 1),
+            sampler.window(sat.w0, sat.w1),
+            "engine-worker",
         ),
         "log_events": metrics.event_counts(logs, BLOCKED_EVENTS),
         "outcomes": _outcomes(rows),
@@ -263,7 +268,9 @@ def baseline_figures(
     sat_dups = sum(v - 1 for k, v in counts.items() if k[0].startswith(f"{sat_prefix}-") and v > 1)
     return _side(figures, rows, sampler, "baseline-worker", main, profile) | {
         "exchange_requests_per_tick": 0.0,
-        "saturation": _saturation(sat_rows, sat, profile, sat_dups),
+        "saturation": _saturation(
+            sat_rows, sat, profile, sat_dups, sampler.window(sat.w0, sat.w1), "baseline-worker"
+        ),
     }
 
 
@@ -317,7 +324,12 @@ def _side(
 
 
 def _saturation(
-    rows: list[metrics.TickRow], window: Window, profile: BenchProfile, duplicates: int
+    rows: list[metrics.TickRow],
+    window: Window,
+    profile: BenchProfile,
+    duplicates: int,
+    usage: WindowUsage,
+    role: str,
 ) -> dict[str, Any]:
     per_s = metrics.throughput(rows, window.w0, window.w1)
     return {
@@ -328,6 +340,9 @@ def _saturation(
         "ticks_per_s": per_s,
         # Below demand means capacity was the limit: the figure is a throughput ceiling.
         "saturated": per_s < 0.95 * profile.saturation_bots,
+        # Whether the workers ran out of CPU or waited (locks, the broker): see both.
+        "worker_cpu_cores": round(usage.cores(role), 3),
+        "machine_busy_cores": usage.machine_busy_cores,
         "duplicates": duplicates,
         "start": window.start,
         "lateness_ms": metrics.percentiles(

@@ -19,6 +19,7 @@ import redis
 from amqp.exceptions import ChannelError
 from sqlalchemy import Engine
 
+from engine import admission
 from engine.coordination import Coordinator, RedisCoordinator
 from engine.db import engine_for
 from engine.metrics import TickBuffer
@@ -130,6 +131,7 @@ def get_runtime() -> Runtime:
             from engine.celery_app import app as celery_app  # lazy: tasks import this module
 
             settings = get_settings()
+            admission.configure(settings.tick_concurrency)
             client = redis_client(settings.redis_url)
             _runtime = Runtime(
                 settings=settings,

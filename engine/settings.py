@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     timezone: str = "UTC"
     # Tick protocol tuning.
     tick_time_limit_s: int = Field(60, ge=5, le=3600)
+    # Ticks of one worker process that compute at once (0: as many as it has threads);
+    # the others wait their turn, and a tick waiting on an exchange gives its turn up.
+    # More than two or three at once only slow each other down (see engine/admission.py).
+    tick_concurrency: int = Field(2, ge=0)
     max_consecutive_failures: int = Field(5, ge=1)
     reconcile_every_s: float = Field(10.0, gt=0)
     reconcile_grace_s: float = Field(15.0, ge=0)

@@ -14,8 +14,8 @@ from sqlalchemy import JSON, String, bindparam, case, func, insert, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 
+from engine import admission, notify, orders
 from engine import logging as elog
-from engine import notify, orders
 from engine.config import BotConfig
 from engine.coordination import Mirror, Next, Verdict
 from engine.domain import MarketContext
@@ -37,7 +37,8 @@ def run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome |
     """Run slot `slot` of `bot` at `generation` exactly once; None when it did not run."""
     elog.bind(bot=bot, generation=generation, slot=slot)
     try:
-        return _run_tick(rt, bot, generation, slot)
+        with admission.turn():
+            return _run_tick(rt, bot, generation, slot)
     finally:
         elog.unbind("bot", "generation", "slot", "lateness_ms", "exchange", "symbol")
 

@@ -22,7 +22,7 @@ import ccxt
 import structlog
 from ccxt.base.decimal_to_precision import DECIMAL_PLACES, TICK_SIZE
 
-from engine import metrics
+from engine import admission, metrics
 from engine.domain import Candle, MarketRules, OrderType, Side, Ticker
 from engine.errors import (
     ExchangeBannedError,
@@ -89,6 +89,15 @@ class CcxtGateway:
     def _request(
         self, fn: Callable[[Any], T], *, private: bool = False, creating: bool = False
     ) -> T:
+        # The wait is on the exchange, not on this process: other ticks compute meanwhile.
+        with admission.waiting():
+            return self._send(fn, private=private, creating=creating)
+
+    def _read(self, fn: Callable[[Any], T], *, private: bool = False) -> T:
+        with admission.waiting():  # the retry pauses too
+            return self.retry.call(lambda: self._send(fn, private=private))
+
+    def _send(self, fn: Callable[[Any], T], *, private: bool, creating: bool = False) -> T:
         buckets = self._private if private else self._public
         if self.limiter is not None:
             deadline = current_deadline()
@@ -123,14 +132,14 @@ class CcxtGateway:
             if self.limiter is not None:
                 metrics.record_exchange_request(self.limiter.redis, self.exchange_id, outcome)
 
-    def _read(self, fn: Callable[[Any], T], *, private: bool = False) -> T:
-        return self.retry.call(lambda: self._request(fn, private=private))
-
     def _load_markets(self) -> None:
         client = self.client
         if not self._markets_stale():
             return
-        with client.markets_lock:  # one load per client, however many threads ask
+        # One load per client, however many threads ask. The turn is given up before the
+        # lock and taken back after it: a tick waiting for its turn must hold no lock
+        # another tick (holding a turn) may be waiting for.
+        with admission.waiting(), client.markets_lock:
             if not self._markets_stale():
                 return
             try:

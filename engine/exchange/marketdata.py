@@ -23,6 +23,7 @@ from typing import Any, TypeVar, cast
 
 import redis as redis_lib
 
+from engine import admission
 from engine.domain import Candle, MarketRules, Ticker
 from engine.errors import TemporaryError
 from engine.exchange.gateway import Gateway, OrderReport, OrderRequest
@@ -81,7 +82,8 @@ class MarketDataCache:
             if self.clock() >= waited_until:
                 # The holder is stuck or slow: fetch ourselves rather than miss the tick.
                 return self._fetch(key, max_age_s, fetch)
-            self.sleep(poll)
+            with admission.waiting():  # on another process's fetch
+                self.sleep(poll)
             poll = min(poll * 2, 0.05)
 
     def _read(self, key: str, max_age_s: float) -> tuple[Any] | None:
