@@ -19,7 +19,7 @@ import redis
 from benchmarks import fleet, metrics
 from benchmarks.infra import Proc, Stack, harness_runtime, switch_interval_env
 from benchmarks.profiles import BenchProfile
-from benchmarks.sampler import Sampler, WindowUsage
+from benchmarks.sampler import Sampler
 
 BLOCKED_EVENTS = (
     "tick.duplicate",
@@ -188,7 +188,7 @@ def engine_figures(
             sat,
             profile,
             sum(n - 1 for n in sat_dups.values() if n > 1),
-            sampler.window(sat.w0, sat.w1),
+            sampler,
             "engine-worker",
         ),
         "log_events": metrics.event_counts(logs, BLOCKED_EVENTS),
@@ -268,9 +268,7 @@ def baseline_figures(
     sat_dups = sum(v - 1 for k, v in counts.items() if k[0].startswith(f"{sat_prefix}-") and v > 1)
     return _side(figures, rows, sampler, "baseline-worker", main, profile) | {
         "exchange_requests_per_tick": 0.0,
-        "saturation": _saturation(
-            sat_rows, sat, profile, sat_dups, sampler.window(sat.w0, sat.w1), "baseline-worker"
-        ),
+        "saturation": _saturation(sat_rows, sat, profile, sat_dups, sampler, "baseline-worker"),
     }
 
 
@@ -328,10 +326,11 @@ def _saturation(
     window: Window,
     profile: BenchProfile,
     duplicates: int,
-    usage: WindowUsage,
+    sampler: Sampler,
     role: str,
 ) -> dict[str, Any]:
     per_s = metrics.throughput(rows, window.w0, window.w1)
+    usage = sampler.window(window.w0, window.w1)
     return {
         "bots": profile.saturation_bots,
         "interval_s": 1.0,
