@@ -25,7 +25,7 @@ from sqlalchemy import event
 
 from benchmarks import fleet
 from benchmarks.infra import harness_runtime, open_stack
-from engine import lifecycle
+from engine import lifecycle, prepared
 
 # Where a function's own time is booked, by a fragment of its file path (first match).
 LIBRARIES = (
@@ -59,6 +59,19 @@ class Counters:
         """Hook the SQLAlchemy engine and every redis-py client in this process."""
         event.listen(db, "before_cursor_execute", self._statement)
         event.listen(db, "commit", lambda *a: self._add("sql_commits"))
+        # Prepared statements bypass Core's events: count them where they run.
+        run, commit = prepared.Session._execute, prepared.Session.commit
+
+        def run_prepared(session: Any, statement: Any, params: Any) -> Any:
+            self._statement(None, None, statement.compiled(db.dialect).sql)
+            return run(session, statement, params)
+
+        def commit_prepared(session: Any) -> None:
+            self._add("sql_commits")
+            commit(session)
+
+        prepared.Session._execute = run_prepared  # type: ignore[method-assign]
+        prepared.Session.commit = commit_prepared  # type: ignore[method-assign]
         original = redis.Redis.execute_command
         pipeline = redis.client.Pipeline.execute
 

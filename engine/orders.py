@@ -26,7 +26,7 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from engine import notify
+from engine import notify, prepared
 from engine.domain import MarketRules, OpenOrder, OrderIntent, OrderType, Side, Ticker
 from engine.errors import (
     ExchangeBannedError,
@@ -39,6 +39,7 @@ from engine.exchange.catalog import client_id_rules
 from engine.exchange.fills import floor_to_step, resolve_amount, round_to_step
 from engine.exchange.gateway import Gateway, OrderReport, OrderRequest, OrderStatus
 from engine.models import Fill, Order, UtcDateTime, utcnow
+from engine.prepared import Prepared
 
 log = structlog.get_logger("engine.orders")
 
@@ -55,7 +56,7 @@ _EPS = 1e-12
 # session costs several times the query itself (see benchmarks.tickcost).
 _orders = Order.__table__  # type: ignore[attr-defined]
 _fills = Fill.__table__  # type: ignore[attr-defined]
-_LIVE_ROWS = (
+_LIVE_ROWS = Prepared(
     sa_select(_orders)
     # OR of fixed parameters, not IN: an IN list is re-rendered on every execution
     # (SQLAlchemy's "expanding" parameters), ~0.1 ms of every tick.
@@ -95,12 +96,16 @@ _BOOKED = sa_select(
     func.coalesce(func.sum(_fills.c.amount * _fills.c.price), 0.0),
     func.coalesce(func.sum(_fills.c.fee), 0.0),
 ).where(_fills.c.order_id == bindparam("order_id"))
-_POSITION = sa_select(
-    func.coalesce(
-        func.sum(case((_fills.c.side == Side.BUY.value, _fills.c.amount), else_=-_fills.c.amount)),
-        0.0,
-    )
-).where(_fills.c.bot == bindparam("bot"))
+_POSITION = Prepared(
+    sa_select(
+        func.coalesce(
+            func.sum(
+                case((_fills.c.side == Side.BUY.value, _fills.c.amount), else_=-_fills.c.amount)
+            ),
+            0.0,
+        )
+    ).where(_fills.c.bot == bindparam("bot"))
+)
 
 
 # -- client order ids ---------------------------------------------------------------
@@ -428,9 +433,9 @@ def cancel_open(db: Engine, bot: str, gateway: Gateway) -> int:
 
 
 def _live_rows(db: Engine, bot: str) -> list[Order]:
-    with db.connect() as conn:
-        rows = conn.execute(_LIVE_ROWS, {"bot": bot}).all()
-    return [Order(**row._mapping) for row in rows]
+    with prepared.reading(db) as conn:
+        rows = conn.mappings(_LIVE_ROWS, {"bot": bot})
+    return [Order(**row) for row in rows]
 
 
 def open_orders(db: Engine, bot: str) -> list[OpenOrder]:
@@ -478,8 +483,8 @@ def position(db: Engine, bot: str) -> float:
 
     One SQL aggregate per tick, rather than loading every fill the bot ever had.
     """
-    with db.connect() as conn:
-        return float(conn.execute(_POSITION, {"bot": bot}).scalar_one())
+    with prepared.reading(db) as conn:
+        return float(conn.scalar(_POSITION, {"bot": bot}))
 
 
 def position_and_pnl(db: Engine, bot: str, price: float | None = None) -> PnL:

@@ -14,7 +14,7 @@ from sqlalchemy import JSON, String, bindparam, case, func, insert, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 
-from engine import admission, notify, orders
+from engine import admission, notify, orders, prepared
 from engine import logging as elog
 from engine.config import BotConfig
 from engine.coordination import Mirror, Next, Verdict
@@ -24,6 +24,7 @@ from engine.exchange.gateway import Gateway
 from engine.exchange.ratelimit import ban_until
 from engine.exchange.retry import time_budget
 from engine.models import Bot, BotStatus, StrategyState, Tick, TickOutcome, UtcDateTime
+from engine.prepared import Prepared
 from engine.risk import RiskLimits, apply_risk
 from engine.runtime import Runtime
 from engine.schedule import due_at, successor
@@ -199,12 +200,26 @@ def _ts(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
 
 
-# Step 5's statements, built once: constructing SQLAlchemy expressions per tick costs
-# more CPU than running them.
+# Step 5's statements, prepared once: Core's per-execute machinery costs more CPU than
+# SQLite running them (see engine.prepared).
 _bots = Bot.__table__  # type: ignore[attr-defined]
 _states = StrategyState.__table__  # type: ignore[attr-defined]
-_INSERT_TICK = insert(Tick.__table__)  # type: ignore[attr-defined]
-_UPDATE_BOT = (
+_TICK_COLUMNS = (
+    "bot",
+    "generation",
+    "slot",
+    "due_at",
+    "started_at",
+    "finished_at",
+    "lateness_ms",
+    "duration_ms",
+    "outcome",
+    "error",
+    "orders",
+    "worker",
+)
+_INSERT_TICK = Prepared(insert(Tick.__table__), columns=_TICK_COLUMNS)  # type: ignore[attr-defined]
+_UPDATE_BOT = Prepared(
     update(_bots)
     .where(_bots.c.name == bindparam("p_name"))
     .values(
@@ -237,19 +252,19 @@ _UPDATE_BOT = (
     )
     .returning(_bots.c.status, _bots.c.generation, _bots.c.consecutive_failures)
 )
-_SET_ERROR = (
+_SET_ERROR = Prepared(
     update(_bots)
     .where(_bots.c.name == bindparam("p_name"), _bots.c.generation == bindparam("p_gen"))
     .values(status=BotStatus.ERROR.value, last_error=bindparam("p_error", type_=String))
 )
-_UPDATE_STATE = (
+_UPDATE_STATE = Prepared(
     update(_states)
     .where(_states.c.bot == bindparam("p_bot"))
     .values(
         state=bindparam("p_state", type_=JSON), updated_at=bindparam("p_at", type_=UtcDateTime())
     )
 )
-_INSERT_STATE = insert(_states)
+_INSERT_STATE = Prepared(insert(_states), columns=("bot", "state", "updated_at"))
 
 
 def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
@@ -262,8 +277,8 @@ def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
     failed = rec.outcome is TickOutcome.FAILED
     at = _ts(rec.finished)
     try:
-        with rt.db.begin() as conn:
-            conn.execute(
+        with prepared.transaction(rt.db) as conn:
+            conn.run(
                 _INSERT_TICK,
                 {
                     "bot": rec.bot,
@@ -280,7 +295,7 @@ def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
                     "worker": rt.worker_id,
                 },
             )
-            row = conn.execute(
+            row = conn.first(
                 _UPDATE_BOT,
                 {
                     "p_name": rec.bot,
@@ -294,21 +309,19 @@ def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
                     "p_next": rec.next_slot,
                     "p_missed": rec.missed,
                 },
-            ).first()
+            )
             if row is None or row[1] != rec.generation:
                 return BotStatus.STOPPED
             status, failures = BotStatus(row[0]), int(row[2])
             if rec.state is not None:
                 params = {"p_bot": rec.bot, "p_state": rec.state, "p_at": at}
-                if not conn.execute(_UPDATE_STATE, params).rowcount:
-                    conn.execute(
-                        _INSERT_STATE, {"bot": rec.bot, "state": rec.state, "updated_at": at}
-                    )
+                if not conn.run(_UPDATE_STATE, params):
+                    conn.run(_INSERT_STATE, {"bot": rec.bot, "state": rec.state, "updated_at": at})
             if status == BotStatus.RUNNING and (
                 fatal or failures >= rt.settings.max_consecutive_failures
             ):
                 status = BotStatus.ERROR
-                conn.execute(
+                conn.run(
                     _SET_ERROR,
                     {
                         "p_name": rec.bot,
@@ -396,11 +409,11 @@ def bot_setup(rt: Runtime, bot: str, generation: int) -> Setup:
 _LOAD_CONFIG = sa_select(_bots.c.generation, _bots.c.config).where(
     _bots.c.name == bindparam("p_name")
 )
-_LOAD_STATE = sa_select(_states.c.state).where(_states.c.bot == bindparam("p_bot"))
+_LOAD_STATE = Prepared(sa_select(_states.c.state).where(_states.c.bot == bindparam("p_bot")))
 
 
 def load_state(rt: Runtime, bot: str) -> dict[str, Any]:
     """The strategy's persisted state for this bot ({} before its first save)."""
-    with rt.db.connect() as conn:
-        state = conn.execute(_LOAD_STATE, {"p_bot": bot}).scalar_one_or_none()
+    with prepared.reading(rt.db) as conn:
+        state = conn.scalar(_LOAD_STATE, {"p_bot": bot})
     return dict(state) if state is not None else {}

@@ -28,11 +28,13 @@ from sqlalchemy import Connection, Engine, Float, Row, String, bindparam, case, 
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 
+from engine import prepared
 from engine.domain import Candle, MarketRules, OrderType, Side, Ticker
 from engine.errors import OrderRejectedError
 from engine.exchange import fills
 from engine.exchange.gateway import Gateway, OrderReport, OrderRequest, OrderStatus
 from engine.models import Fill, Order, PaperBalance, UtcDateTime, utcnow
+from engine.prepared import Prepared
 
 PAPER_PREFIX = "paper-"
 
@@ -43,8 +45,10 @@ _orders = Order.__table__  # type: ignore[attr-defined]
 _fills = Fill.__table__  # type: ignore[attr-defined]
 # Statements built once and run on bare connections: an ORM session costs several
 # times the query itself, and every tick reads balances (see benchmarks.tickcost).
-_BALANCES = sa_select(_balances.c.currency, _balances.c.free, _balances.c.used).where(
-    _balances.c.bot == bindparam("bot")
+_BALANCES = Prepared(
+    sa_select(_balances.c.currency, _balances.c.free, _balances.c.used).where(
+        _balances.c.bot == bindparam("bot")
+    )
 )
 _HAS_BALANCES = sa_select(_balances.c.currency).where(_balances.c.bot == bindparam("bot")).limit(1)
 _USED = sa_select(_balances.c.used).where(
@@ -151,12 +155,12 @@ class PaperGateway:
         fetch_open_orders sweep) right before it reads balances, and a sweep costs a
         query on every tick of every bot.
         """
-        with self.db.connect() as conn:
-            rows = conn.execute(_BALANCES, {"bot": self.bot}).all()
+        with prepared.reading(self.db) as conn:
+            rows = conn.rows(_BALANCES, {"bot": self.bot})
         if not rows and not self._initialised:
             self._ensure_balances()
-            with self.db.connect() as conn:
-                rows = conn.execute(_BALANCES, {"bot": self.bot}).all()
+            with prepared.reading(self.db) as conn:
+                rows = conn.rows(_BALANCES, {"bot": self.bot})
         self._initialised = self._initialised or bool(rows)
         return {currency: (free, used) for currency, free, used in rows}
 
