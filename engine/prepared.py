@@ -13,6 +13,7 @@ Only for the few statements every tick runs; everything else stays on Core and t
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class _Compiled:
     binds: tuple[tuple[str, Processor], ...]
     types: tuple[TypeEngine[Any], ...]  # of the columns it returns, for this dialect
     keys: tuple[str, ...]  # the names of those columns
+    record: Callable[..., tuple[Any, ...]]  # a named tuple of them: `row.status`
     # Result processors, set on first execution: some depend on the driver's column
     # type codes (cursor.description), e.g. PostgreSQL's numerics.
     results: tuple[Processor | None, ...] | None = None
@@ -90,6 +92,7 @@ class Prepared:
             binds=tuple(processors),
             types=tuple(col.type.dialect_impl(dialect) for col in returned),
             keys=tuple(col.key for col in returned),
+            record=namedtuple("Record", [col.key for col in returned], rename=True),
         )
 
 
@@ -100,25 +103,23 @@ class Session:
         self._dialect = db.dialect
         self._raw = raw
 
-    def rows(self, prepared: Prepared, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        """Every row the statement returns."""
+    def rows(self, prepared: Prepared, params: Mapping[str, Any]) -> list[Any]:
+        """Every row the statement returns, as named tuples (`row.status`)."""
         compiled, cursor = self._execute(prepared, params)
         try:
             rows: list[tuple[Any, ...]] = cursor.fetchall()
             results = self._results(compiled, cursor)
         finally:
             cursor.close()
-        if results:
-            return [_processed(results, row) for row in rows]
-        return rows
+        return [_record(compiled, results, row) for row in rows]
 
     def mappings(self, prepared: Prepared, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Every row the statement returns, by column name."""
         keys = prepared.compiled(self._dialect).keys
         return [dict(zip(keys, row, strict=True)) for row in self.rows(prepared, params)]
 
-    def first(self, prepared: Prepared, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        """The first row the statement returns, or None."""
+    def first(self, prepared: Prepared, params: Mapping[str, Any]) -> Any:
+        """The first row the statement returns (a named tuple), or None."""
         compiled, cursor = self._execute(prepared, params)
         try:
             row: tuple[Any, ...] | None = cursor.fetchone()
@@ -127,9 +128,7 @@ class Session:
             results = self._results(compiled, cursor)
         finally:
             cursor.close()
-        if row is not None and results:
-            return _processed(results, row)
-        return row
+        return None if row is None else _record(compiled, results, row)
 
     def scalar(self, prepared: Prepared, params: Mapping[str, Any]) -> Any:
         """The first column of the first row, or None."""
@@ -183,8 +182,14 @@ class Session:
             raise self._wrapped(exc, "COMMIT", None) from exc
 
 
-def _processed(processors: tuple[Processor | None, ...], row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(v if p is None else p(v) for p, v in zip(processors, row, strict=True))
+def _record(
+    compiled: _Compiled, processors: tuple[Processor | None, ...], row: tuple[Any, ...]
+) -> tuple[Any, ...]:
+    if processors:
+        return compiled.record(
+            *(v if p is None else p(v) for p, v in zip(processors, row, strict=True))
+        )
+    return compiled.record(*row)
 
 
 @contextmanager

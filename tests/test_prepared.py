@@ -81,9 +81,11 @@ def test_a_column_default_computed_per_row_must_be_given(db: Any) -> None:
         Prepared(insert(table), columns=["id"]).compiled(db.dialect)
 
 
-def test_update_returning_and_rowcount(db: Any) -> None:
-    with db.begin() as conn:
-        conn.execute(insert(_orders), [_order("c1"), _order("c2")])
+def test_insert_and_update_returning_and_rowcount(db: Any) -> None:
+    add = Prepared(insert(_orders).returning(_orders.c.id), columns=list(_order("c1")))
+    with prepared.transaction(db) as session:
+        first = session.scalar(add, _order("c1"))
+        assert session.scalar(add, _order("c2")) == first + 1
     fill = Prepared(
         update(_orders)
         .where(_orders.c.client_order_id == bindparam("cid"))
@@ -92,7 +94,9 @@ def test_update_returning_and_rowcount(db: Any) -> None:
     )
     cancel = Prepared(update(_orders).where(_orders.c.bot == "b1").values(status="canceled"))
     with prepared.transaction(db) as session:
-        assert session.first(fill, {"cid": "c1", "add": 0.25, "at": NOW}) == (0.25, NOW)
+        row = session.first(fill, {"cid": "c1", "add": 0.25, "at": NOW})
+        assert row == (0.25, NOW)
+        assert (row.filled, row.updated_at) == (0.25, NOW)  # rows are named tuples
         assert session.first(fill, {"cid": "nope", "add": 1.0, "at": NOW}) is None
         assert session.run(cancel, {}) == 2
 

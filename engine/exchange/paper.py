@@ -20,11 +20,11 @@ interleaving of ticks, threads or processes can drive a balance negative.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, Float, Row, String, bindparam, case, func, insert, update
+from sqlalchemy import Engine, Float, String, bindparam, case, func, insert, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 
@@ -43,20 +43,24 @@ log = structlog.get_logger("engine.exchange.paper")
 _balances = PaperBalance.__table__  # type: ignore[attr-defined]
 _orders = Order.__table__  # type: ignore[attr-defined]
 _fills = Fill.__table__  # type: ignore[attr-defined]
-# Statements built once and run on bare connections: an ORM session costs several
-# times the query itself, and every tick reads balances (see benchmarks.tickcost).
+# Prepared statements: every tick reads balances, and an order costs a dozen statements;
+# through Core each costs several times the query itself (see engine/prepared.py).
 _BALANCES = Prepared(
     sa_select(_balances.c.currency, _balances.c.free, _balances.c.used).where(
         _balances.c.bot == bindparam("bot")
     )
 )
-_HAS_BALANCES = sa_select(_balances.c.currency).where(_balances.c.bot == bindparam("bot")).limit(1)
-_USED = sa_select(_balances.c.used).where(
-    _balances.c.bot == bindparam("bot"), _balances.c.currency == bindparam("currency")
+_HAS_BALANCES = Prepared(
+    sa_select(_balances.c.currency).where(_balances.c.bot == bindparam("bot")).limit(1)
 )
-_INSERT_BALANCE = insert(_balances)
+_USED = Prepared(
+    sa_select(_balances.c.used).where(
+        _balances.c.bot == bindparam("bot"), _balances.c.currency == bindparam("currency")
+    )
+)
+_INSERT_BALANCE = Prepared(insert(_balances), columns=("bot", "currency", "free", "used"))
 # Conditional: a move that would overdraw `free` (or `used`) matches no row.
-_MOVE = (
+_MOVE = Prepared(
     update(_balances)
     .where(
         _balances.c.bot == bindparam("p_bot"),
@@ -73,9 +77,9 @@ _MOVE = (
         ),
     )
 )
-_BY_ID = sa_select(_orders).where(_orders.c.id == bindparam("id"))
-_BY_CID = sa_select(_orders).where(_orders.c.client_order_id == bindparam("cid"))
-_OPEN_ROWS = (
+_BY_ID = Prepared(sa_select(_orders).where(_orders.c.id == bindparam("id")))
+_BY_CID = Prepared(sa_select(_orders).where(_orders.c.client_order_id == bindparam("cid")))
+_OPEN = (
     sa_select(_orders)
     .where(
         _orders.c.bot == bindparam("bot"),
@@ -84,11 +88,18 @@ _OPEN_ROWS = (
     )
     .order_by(_orders.c.id)
 )
-_OPEN_ROWS_OF = _OPEN_ROWS.where(_orders.c.symbol == bindparam("symbol"))
-_INSERT_ORDER = insert(_orders).returning(*_orders.c)
-_INSERT_FILL = insert(_fills)
+_OPEN_ROWS = Prepared(_OPEN)
+_OPEN_ROWS_OF = Prepared(_OPEN.where(_orders.c.symbol == bindparam("symbol")))
+_INSERT_ORDER = Prepared(
+    insert(_orders).returning(*_orders.c),
+    columns=(
+        "client_order_id", "bot", "generation", "slot", "intent_index", "exchange", "symbol",
+        "side", "type", "amount", "price", "status", "created_at", "updated_at",
+    ),
+)  # fmt: skip
+_INSERT_FILL = Prepared(insert(_fills), columns=[c.key for c in _fills.c if c.key != "id"])
 # A status change; the other columns change only where a value is given (not NULL).
-_UPDATE_ORDER = (
+_UPDATE_ORDER = Prepared(
     update(_orders)
     .where(_orders.c.id == bindparam("p_id"))
     .values(
@@ -184,7 +195,7 @@ class PaperGateway:
                     request.side, request.amount, request.price, self.model, quote=quote
                 )
         # Balances, the order row and its fill in one transaction: all or nothing.
-        with self.db.begin() as conn:
+        with prepared.transaction(self.db) as conn:
             row = self._row(conn, request)
             if row.exchange_order_id is not None:  # accepted before: answer as before
                 return _report(row)
@@ -199,7 +210,7 @@ class PaperGateway:
     def fetch_order(self, symbol: str, client_order_id: str) -> OrderReport | None:
         """The paper order with this client id; None when it was never accepted."""
         self._sweep(symbol)
-        with self.db.connect() as conn:
+        with prepared.reading(self.db) as conn:
             row = self._find(conn, client_order_id)
         return None if row is None else _report(row)
 
@@ -207,7 +218,7 @@ class PaperGateway:
         """Cancel a resting paper order, releasing its reservation."""
         self._sweep(symbol)
         base, quote = _currencies(symbol)
-        with self.db.begin() as conn:
+        with prepared.transaction(self.db) as conn:
             row = self._find(conn, client_order_id)
             if row is None:
                 raise OrderRejectedError(f"cannot cancel unknown order {client_order_id}")
@@ -219,14 +230,14 @@ class PaperGateway:
     def fetch_open_orders(self, symbol: str) -> list[OrderReport]:
         """This bot's resting paper orders on `symbol`."""
         self._sweep(symbol)
-        with self.db.connect() as conn:
+        with prepared.reading(self.db) as conn:
             return [_report(row) for row in self._open_rows(conn, symbol)]
 
     # -- internals -------------------------------------------------------------------
 
     def _sweep(self, symbol: str | None) -> None:
         """Fill every resting limit order the current market crosses."""
-        with self.db.connect() as conn:
+        with prepared.reading(self.db) as conn:
             resting = self._open_rows(conn, symbol)
         tickers: dict[str, Ticker] = {}
         for order in resting:
@@ -238,8 +249,8 @@ class PaperGateway:
             base, quote = _currencies(order.symbol)
             fill = fills.fill_at(side, order.amount, price, self.model, quote=quote)
             try:
-                with self.db.begin() as conn:
-                    row = conn.execute(_BY_ID, {"id": order.id}).first()
+                with prepared.transaction(self.db) as conn:
+                    row = conn.first(_BY_ID, {"id": order.id})
                     if row is None or row.status != OrderStatus.OPEN.value:
                         continue  # filled or cancelled meanwhile
                     values = self._settle(conn, row, fill, base, quote, reserved=True)
@@ -258,22 +269,23 @@ class PaperGateway:
                 price=price,
             )
 
-    def _open_rows(self, conn: Connection, symbol: str | None) -> Sequence[Row[Any]]:
+    def _open_rows(self, conn: prepared.Session, symbol: str | None) -> list[Any]:
         if symbol is None:
-            return conn.execute(_OPEN_ROWS, {"bot": self.bot}).all()
-        return conn.execute(_OPEN_ROWS_OF, {"bot": self.bot, "symbol": symbol}).all()
+            return conn.rows(_OPEN_ROWS, {"bot": self.bot})
+        return conn.rows(_OPEN_ROWS_OF, {"bot": self.bot, "symbol": symbol})
 
-    def _find(self, conn: Connection, client_order_id: str) -> Row[Any] | None:
-        row = conn.execute(_BY_CID, {"cid": client_order_id}).first()
+    def _find(self, conn: prepared.Session, client_order_id: str) -> Any:
+        row = conn.first(_BY_CID, {"cid": client_order_id})
         if row is None or row.bot != self.bot or row.exchange_order_id is None:
             return None
         return row
 
-    def _row(self, conn: Connection, request: OrderRequest) -> Row[Any]:
+    def _row(self, conn: prepared.Session, request: OrderRequest) -> Any:
         """The order manager's row for `request` (created here for direct use)."""
-        row = conn.execute(_BY_CID, {"cid": request.client_order_id}).first()
+        row = conn.first(_BY_CID, {"cid": request.client_order_id})
         if row is None:
-            row = conn.execute(
+            now = utcnow()
+            row = conn.first(
                 _INSERT_ORDER,
                 {
                     "client_order_id": request.client_order_id,
@@ -288,8 +300,10 @@ class PaperGateway:
                     "amount": request.amount,
                     "price": request.price,
                     "status": OrderStatus.PENDING_SUBMIT.value,
+                    "created_at": now,
+                    "updated_at": now,
                 },
-            ).one()
+            )
         elif row.bot != self.bot:
             raise OrderRejectedError(f"client order id {request.client_order_id} is taken")
         return row
@@ -298,35 +312,34 @@ class PaperGateway:
         """Create this bot's balance rows from the config on first use (own transaction)."""
         if self._initialised:
             return
-        with self.db.connect() as conn:
-            found = conn.execute(_HAS_BALANCES, {"bot": self.bot}).first()
+        with prepared.reading(self.db) as conn:
+            found = conn.first(_HAS_BALANCES, {"bot": self.bot})
         if found is None:
-            rows = [
-                {"bot": self.bot, "currency": currency, "free": amount, "used": 0.0}
-                for currency, amount in self.initial_balances.items()
-            ]
             try:
-                with self.db.begin() as conn:
-                    if rows:
-                        conn.execute(_INSERT_BALANCE, rows)
+                with prepared.transaction(self.db) as conn:
+                    for currency, amount in self.initial_balances.items():
+                        row = {"bot": self.bot, "currency": currency, "free": amount, "used": 0.0}
+                        conn.run(_INSERT_BALANCE, row)
             except IntegrityError:
                 pass  # another thread or process initialised them first
         self._initialised = True
 
-    def _move(self, conn: Connection, currency: str, free: float, used: float = 0.0) -> None:
+    def _move(self, conn: prepared.Session, currency: str, free: float, used: float = 0.0) -> None:
         """Add `free`/`used` to one balance, refusing (rejecting) any overdraft."""
         move = {"p_bot": self.bot, "p_currency": currency, "p_free": free, "p_used": used}
-        if conn.execute(_MOVE, move).rowcount == 1:
+        if conn.run(_MOVE, move) == 1:
             return
         key = {"bot": self.bot, "currency": currency}
-        if conn.execute(_USED, key).first() is None:
+        if conn.first(_USED, key) is None:
             # A currency the bot never held (a new base): it starts from zero.
-            conn.execute(_INSERT_BALANCE, {**key, "free": 0.0, "used": 0.0})
-            if conn.execute(_MOVE, move).rowcount == 1:
+            conn.run(_INSERT_BALANCE, {**key, "free": 0.0, "used": 0.0})
+            if conn.run(_MOVE, move) == 1:
                 return
         raise OrderRejectedError(f"insufficient {currency} balance for this paper order")
 
-    def _reserve(self, conn: Connection, request: OrderRequest, base: str, quote: str) -> None:
+    def _reserve(
+        self, conn: prepared.Session, request: OrderRequest, base: str, quote: str
+    ) -> None:
         assert request.price is not None
         if request.side is Side.BUY:
             cost = -fills.fill_at(
@@ -336,24 +349,24 @@ class PaperGateway:
         else:
             self._move(conn, base, -request.amount, request.amount)
 
-    def _release(self, conn: Connection, row: Row[Any], base: str, quote: str) -> None:
+    def _release(self, conn: prepared.Session, row: Any, base: str, quote: str) -> None:
         """Give a cancelled order's reservation back (used → free)."""
         currency, amount = self._reservation(row, base, quote)
         amount = min(amount, self._used(conn, currency))  # the fee rate may have changed
         self._move(conn, currency, amount, -amount)
 
-    def _reservation(self, row: Row[Any], base: str, quote: str) -> tuple[str, float]:
+    def _reservation(self, row: Any, base: str, quote: str) -> tuple[str, float]:
         """What a resting order holds: a buy its cost plus fee, a sell its base amount."""
         if row.side == Side.BUY.value:
             buy = fills.fill_at(Side.BUY, row.amount, row.price or 0.0, self.model, quote=quote)
             return quote, -buy.quote_delta
         return base, float(row.amount)
 
-    def _used(self, conn: Connection, currency: str) -> float:
-        used = conn.execute(_USED, {"bot": self.bot, "currency": currency}).scalar()
+    def _used(self, conn: prepared.Session, currency: str) -> float:
+        used = conn.scalar(_USED, {"bot": self.bot, "currency": currency})
         return 0.0 if used is None else max(0.0, float(used))
 
-    def _spend_reserved(self, conn: Connection, currency: str, amount: float) -> None:
+    def _spend_reserved(self, conn: prepared.Session, currency: str, amount: float) -> None:
         """Pay `amount` from the reservation; a shortfall beyond float dust (the fee rate
         changed while the order rested) comes from `free`."""
         used = self._used(conn, currency)
@@ -365,8 +378,8 @@ class PaperGateway:
 
     def _settle(
         self,
-        conn: Connection,
-        row: Row[Any],
+        conn: prepared.Session,
+        row: Any,
         fill: fills.Fill,
         base: str,
         quote: str,
@@ -388,7 +401,7 @@ class PaperGateway:
         else:
             self._move(conn, spend, spent)
         self._move(conn, gain, gained)
-        conn.execute(
+        conn.run(
             _INSERT_FILL,
             {
                 "order_id": row.id,
@@ -399,6 +412,7 @@ class PaperGateway:
                 "price": fill.price,
                 "fee": fill.fee,
                 "fee_currency": fill.fee_currency,
+                "filled_at": utcnow(),
             },
         )
         log.info(
@@ -419,10 +433,10 @@ class PaperGateway:
         }
 
 
-def _update_order(conn: Connection, order_id: int, values: dict[str, Any]) -> Row[Any]:
+def _update_order(conn: prepared.Session, order_id: int, values: dict[str, Any]) -> Any:
     """Write a new status (and, when given, exchange id and fill) to an order row,
     stamping `updated_at`; returns the row after."""
-    return conn.execute(
+    return conn.first(
         _UPDATE_ORDER,
         {
             "p_id": order_id,
@@ -434,7 +448,7 @@ def _update_order(conn: Connection, order_id: int, values: dict[str, Any]) -> Ro
             "p_fee_currency": values.get("fee_currency"),
             "p_at": utcnow(),
         },
-    ).one()
+    )
 
 
 def _currencies(symbol: str) -> tuple[str, str]:
@@ -442,7 +456,7 @@ def _currencies(symbol: str) -> tuple[str, str]:
     return base, quote
 
 
-def _report(row: Row[Any]) -> OrderReport:
+def _report(row: Any) -> OrderReport:
     return OrderReport(
         client_order_id=row.client_order_id,
         exchange_order_id=row.exchange_order_id,
