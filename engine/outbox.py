@@ -50,10 +50,10 @@ def expires_in(due: float, now: float) -> float:
     A safety net only: the tick's guard already drops a message whose slot the chain
     has moved past. It must outlast the queue: a message that expires unrun leaves its
     chain to the reconciler, and a late tick's successor, sent behind a backlog longer
-    than the expiry, expires in turn. With a one-minute expiry, 20,000 bots at 60 s on
-    workers that ran ~220 of the 333 ticks/s they needed ran 73/s, the rest of their
-    time going to reconciler advances (benchmarks/README.md). At least
-    `EXPIRY_FLOOR_S` past due, and four times the countdown for far-off slots.
+    than the expiry, expires in turn. 20,000 bots at 60 s on a worker that can run ~200
+    ticks/s ran 55 ticks/s with a one-minute expiry and 153/s with this one
+    (benchmarks/README.md). At least `EXPIRY_FLOOR_S` past due, and four times the
+    countdown for far-off slots.
     """
     countdown = max(0.0, due - now)
     return countdown + max(EXPIRY_FLOOR_S, 4 * countdown)
