@@ -289,6 +289,13 @@ class Chaos:
                 changes.get(Change.STARTED.value, 0) == len(configs),
                 changes,
             ),
+            # A fault the engine must ride out (a Redis restart, a killed peer) may not
+            # kill a process; the supervisor's restart would hide it.
+            invariants.Check(
+                "no_process_exited_by_itself",
+                not self.supervisor.exits,
+                {"exits": self.supervisor.exits},
+            ),
         ]
         sim_stats = self.stack.sim("/_sim/stats")
         return {
@@ -306,7 +313,7 @@ class Chaos:
                 for r in fired["rules"]
             ],
             # Processes that died by themselves and were restarted (compose's restart
-            # policy would do the same): a finding, not an invariant.
+            # policy would do the same); the invariant above fails on any.
             "unexpected_exits": self.supervisor.exits,
             "log_events": metrics.event_counts(
                 logs,

@@ -37,8 +37,9 @@ app.conf.update(
     # even when thousands of ticks are queued.
     task_default_queue=MAINTENANCE_QUEUE,
     task_routes={"engine.tick": {"queue": TICK_QUEUE}},
-    # A tick is acknowledged after it ran, so a worker killed mid-tick leaves the message
-    # for redelivery; the slot claim makes the redelivered copy harmless.
+    # A task is acknowledged after it ran, so a worker killed mid-task leaves the message
+    # for redelivery. Ticks are the exception (engine/tasks.py): their slot claim would
+    # refuse the copy, and the reconciler resumes their chains.
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     # Unacked (and ETA) messages come back after this many seconds (celery #2481);

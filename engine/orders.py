@@ -300,6 +300,33 @@ def _set_status(db: Engine, row: Order, status: OrderStatus, error: str | None) 
     return row
 
 
+def book_fill(
+    conn: prepared.Session,
+    order: Any,
+    *,
+    amount: float,
+    price: float,
+    fee: float,
+    fee_currency: str | None,
+) -> None:
+    """Add one fill of `order` (any row of it: its id, bot, symbol and side are read) to
+    the fills ledger, in the caller's transaction."""
+    conn.run(
+        _INSERT_FILL,
+        {
+            "order_id": order.id,
+            "bot": order.bot,
+            "symbol": order.symbol,
+            "side": order.side,
+            "amount": amount,
+            "price": price,
+            "fee": fee,
+            "fee_currency": fee_currency,
+            "filled_at": utcnow(),
+        },
+    )
+
+
 def apply_report(db: Engine, row: Order, report: OrderReport) -> Order:
     """Record what the exchange says about an order: status, fills and fees.
 
@@ -314,19 +341,13 @@ def apply_report(db: Engine, row: Order, report: OrderReport) -> Order:
         if delta > _EPS * max(1.0, report.filled):
             average = report.average or report.price or found.price or 0.0
             price = (average * report.filled - cost) / delta
-            conn.run(
-                _INSERT_FILL,
-                {
-                    "order_id": row.id,
-                    "bot": found.bot,
-                    "symbol": found.symbol,
-                    "side": found.side,
-                    "amount": delta,
-                    "price": price if price > 0 else average,
-                    "fee": max(0.0, report.fee - fees),
-                    "fee_currency": report.fee_currency,
-                    "filled_at": utcnow(),
-                },
+            book_fill(
+                conn,
+                found,
+                amount=delta,
+                price=price if price > 0 else average,
+                fee=max(0.0, report.fee - fees),
+                fee_currency=report.fee_currency,
             )
         row.status = report.status.value
         row.exchange_order_id = report.exchange_order_id or found.exchange_order_id

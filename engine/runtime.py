@@ -22,6 +22,7 @@ from sqlalchemy import Engine
 from engine import admission
 from engine.coordination import Coordinator, RedisCoordinator
 from engine.db import engine_for
+from engine.exchange.ratelimit import BanWatch
 from engine.metrics import TickBuffer
 from engine.outbox import TickOutbox, expires_in, outbox_for, tick_id
 from engine.settings import Settings, get_settings
@@ -55,6 +56,8 @@ class Runtime:
     outbox: TickOutbox | None = None
     # Per bot: (generation, tick.Setup), built once per process (see tick.bot_setup).
     setups: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    # The tick's check for an exchange ban, cached briefly (see ratelimit.BanWatch).
+    bans: BanWatch = field(default_factory=BanWatch)
     tick_metrics: TickBuffer = field(init=False)
 
     def __post_init__(self) -> None:

@@ -12,7 +12,11 @@ from engine.celery_app import app
 from engine.runtime import get_runtime, start_heartbeat
 
 
-@app.task(name="engine.tick", ignore_result=True)
+# Acknowledged when it starts, unlike the other tasks (`task_acks_late`): a redelivered
+# tick would find its slot claimed and do nothing, and a chain whose message was lost
+# is the reconciler's. An early ack frees the thread's prefetch slot at once, so the
+# consumer fetches the next message while this one runs instead of after it.
+@app.task(name="engine.tick", ignore_result=True, acks_late=False)
 def tick(bot: str, generation: int, slot: int) -> None:
     """Run one slot of one bot (see engine.tick.run_tick)."""
     # lazy: senders (CLI, API) import this module and need none of the tick's imports

@@ -21,7 +21,6 @@ from engine.coordination import Mirror, Next, Verdict
 from engine.domain import MarketContext
 from engine.errors import ExchangeBannedError, FencedError, OperationalError
 from engine.exchange.gateway import Gateway
-from engine.exchange.ratelimit import ban_until
 from engine.exchange.retry import time_budget
 from engine.models import Bot, BotStatus, StrategyState, Tick, TickOutcome, UtcDateTime
 from engine.prepared import Prepared
@@ -132,7 +131,7 @@ def trade(
     setup = bot_setup(rt, bot, generation)
     gateway, strategy = setup.gateway, setup.strategy
     elog.bind(exchange=setup.exchange, symbol=setup.symbol)
-    if rt.redis is not None and (until := ban_until(rt.redis, setup.exchange)) is not None:
+    if rt.redis is not None and (until := rt.bans.until(rt.redis, setup.exchange)) is not None:
         raise ExchangeBannedError(f"{setup.exchange} banned this IP until {until:.0f}")
     # Settle what earlier ticks left open or unknown, before deciding anything new.
     _, still_open = orders.settle(rt.db, bot, gateway, grace_s=rt.settings.reconcile_grace_s)

@@ -77,3 +77,76 @@ def test_the_engine_app_uses_it_for_its_redis_broker() -> None:
     assert app.conf.broker_url.startswith("redis://")
     with app.connection_for_write() as conn:
         assert isinstance(conn.default_channel, broker.Channel)
+
+
+def _held(connection: Connection, name: str, task: str) -> tuple[object, object]:
+    """Put one message of `task` on queue `name` and take it without acknowledging."""
+    queue = connection.SimpleQueue(name)
+    queue.put({"task": task}, headers={"task": task})
+    return queue, queue.get(timeout=5)
+
+
+def test_a_tick_message_leaves_no_copy_in_redis_while_held(connection: Connection) -> None:
+    name = f"broker-test-{uuid.uuid4().hex[:8]}"
+    channel = connection.default_channel
+    tick_queue, tick = _held(connection, name, "engine.tick")
+    other_queue, other = _held(connection, f"{name}-m", "engine.reconcile")
+    try:
+        unacked = channel.client.hkeys(channel.unacked_key)
+        assert other.delivery_tag.encode() in unacked  # kombu's emulation, as before
+        assert tick.delivery_tag.encode() not in unacked
+        assert len(channel.qos._delivered) == 2  # both count against the prefetch limit
+        tick.ack()
+        other.ack()
+        channel.qos._flush()
+        assert not channel.qos._delivered
+        assert not channel.client.hexists(channel.unacked_key, other.delivery_tag)
+    finally:
+        tick_queue.close()
+        other_queue.close()
+
+
+def test_held_tick_messages_go_back_to_their_queue_at_shutdown(redis_url: str) -> None:
+    name = f"broker-test-{uuid.uuid4().hex[:8]}"
+    conn = Connection(redis_url, transport=broker.TRANSPORT)
+    queue = conn.SimpleQueue(name)
+    for n in range(3):
+        queue.put({"n": n}, headers={"task": "engine.tick"})
+    _held_first, second, third = (queue.get(timeout=5) for _ in range(3))
+    second.ack()  # acknowledged: must not come back
+    third.reject(requeue=True)  # requeued at once, at the head of the queue
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.llen(name) == 1
+        conn.release()  # closes the channel: kombu restores what is still held
+        assert client.llen(name) == 2
+        restored = Connection(redis_url, transport=broker.TRANSPORT).SimpleQueue(name)
+        try:
+            got = sorted(restored.get(timeout=5).payload["n"] for _ in range(2))
+            assert got == [0, 2]
+        finally:
+            restored.close()
+    finally:
+        client.delete(name)
+        client.close()
+
+
+def test_closing_after_a_lost_connection_is_a_connection_error_not_a_crash(
+    redis_url: str,
+) -> None:
+    # Given a consumer holding an unacknowledged (tracked) message
+    name = f"broker-test-{uuid.uuid4().hex[:8]}"
+    conn = Connection(redis_url, transport=broker.TRANSPORT)
+    queue = conn.SimpleQueue(name)
+    queue.put({"n": 1}, headers={"task": "engine.reconcile"})
+    assert queue.get(timeout=5) is not None
+    channel = conn.default_channel
+    # When Celery handles a lost connection: collect() detaches the transport, then
+    # close() closes the channel a second time and restores what it holds
+    conn.collect()
+    channel._disconnect_pools()  # the pool a dead connection leaves behind
+    with pytest.raises(redis.exceptions.ConnectionError):
+        channel.qos.restore_unacked()
+    # Then a worker sees the connection error it recovers from, not an AttributeError
+    conn.close()
+    redis.Redis.from_url(redis_url).delete(name)

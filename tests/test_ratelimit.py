@@ -10,7 +10,7 @@ import redis
 from structlog.testing import capture_logs
 
 from engine.errors import ExchangeBannedError, RateLimitedError
-from engine.exchange.ratelimit import Bucket, RateLimiter, ban_until
+from engine.exchange.ratelimit import BanWatch, Bucket, RateLimiter, ban_key, ban_until
 
 
 def two_processes(redis_url: str, exchange: str = "binance") -> tuple[RateLimiter, RateLimiter]:
@@ -98,3 +98,22 @@ def test_418_ban_is_recorded_and_logged_once_then_expires(redis_url: str) -> Non
     time.sleep(1.05)
     assert ban_until(client, "simulator") is None
     assert a.reserve([Bucket("ip", 1000, 10)], 5) == 0.0
+
+
+def test_the_ticks_ban_check_asks_redis_once_per_recheck_period_while_clear(
+    redis_url: str,
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    watch = BanWatch(recheck_s=0.3)
+    # Given no ban: the first answer is Redis', the next ones are remembered
+    assert watch.until(client, "simulator") is None
+    client.set(ban_key("simulator"), "1", px=5000)
+    assert watch.until(client, "simulator") is None  # within the recheck period
+    assert watch.until(client, "binance") is None  # each exchange is asked for itself
+    # Then a ban is seen once the period is over, and is not remembered
+    time.sleep(0.35)
+    until = watch.until(client, "simulator")
+    assert until is not None
+    assert 4 < until - time.time() <= 5
+    client.delete(ban_key("simulator"))
+    assert watch.until(client, "simulator") is None

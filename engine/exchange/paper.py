@@ -33,7 +33,8 @@ from engine.domain import Candle, MarketRules, OrderType, Side, Ticker
 from engine.errors import OrderRejectedError
 from engine.exchange import fills
 from engine.exchange.gateway import Gateway, OrderReport, OrderRequest, OrderStatus
-from engine.models import Fill, Order, PaperBalance, UtcDateTime, utcnow
+from engine.models import Order, PaperBalance, UtcDateTime, utcnow
+from engine.orders import book_fill
 from engine.prepared import Prepared
 
 PAPER_PREFIX = "paper-"
@@ -42,7 +43,6 @@ log = structlog.get_logger("engine.exchange.paper")
 
 _balances = PaperBalance.__table__  # type: ignore[attr-defined]
 _orders = Order.__table__  # type: ignore[attr-defined]
-_fills = Fill.__table__  # type: ignore[attr-defined]
 # Prepared statements: every tick reads balances, and an order costs a dozen statements;
 # through Core each costs several times the query itself (see engine/prepared.py).
 _BALANCES = Prepared(
@@ -97,7 +97,6 @@ _INSERT_ORDER = Prepared(
         "side", "type", "amount", "price", "status", "created_at", "updated_at",
     ),
 )  # fmt: skip
-_INSERT_FILL = Prepared(insert(_fills), columns=[c.key for c in _fills.c if c.key != "id"])
 # A status change; the other columns change only where a value is given (not NULL).
 _UPDATE_ORDER = Prepared(
     update(_orders)
@@ -401,19 +400,13 @@ class PaperGateway:
         else:
             self._move(conn, spend, spent)
         self._move(conn, gain, gained)
-        conn.run(
-            _INSERT_FILL,
-            {
-                "order_id": row.id,
-                "bot": row.bot,
-                "symbol": row.symbol,
-                "side": row.side,
-                "amount": fill.amount,
-                "price": fill.price,
-                "fee": fill.fee,
-                "fee_currency": fill.fee_currency,
-                "filled_at": utcnow(),
-            },
+        book_fill(
+            conn,
+            row,
+            amount=fill.amount,
+            price=fill.price,
+            fee=fill.fee,
+            fee_currency=fill.fee_currency,
         )
         log.info(
             "paper.filled",
