@@ -120,10 +120,23 @@ class Coordinator(Protocol):
         """The current generation of a running bot, None when not running (fencing)."""
         ...
 
+    def claim(self, bot: str, generation: int, slot: int) -> str | None:
+        """The claim value of a slot: `run:<ts>:<worker>`, `done:<ts>`, or None."""
+        ...
+
     def advance(
-        self, bot: str, generation: int, expected: int, new: int, due: float, parked: bool
+        self,
+        bot: str,
+        generation: int,
+        expected: int,
+        new: int,
+        due: float,
+        parked: bool,
+        *,
+        claim: str | None,
     ) -> bool:
-        """Compare-and-set the next slot; only the winner enqueues the successor."""
+        """Compare-and-set the next slot from `expected`, provided the claim on `expected`
+        is still `claim` (None: unclaimed); only the winner enqueues the successor."""
         ...
 
     def publish(self, mirror: Mirror, bot: str, due: float, parked: bool) -> bool:
@@ -201,6 +214,14 @@ return won
 _ADVANCE = (
     _MOVE_NEXT
     + """
+-- Only if the expected slot's claim is still what the caller saw (ARGV[7] '0': none):
+-- a tick that claimed it since would otherwise run beside the advanced chain.
+local claim = redis.call('GET', KEYS[4])
+if ARGV[7] == '0' then
+  if claim then return 0 end
+elseif claim ~= ARGV[8] then
+  return 0
+end
 return move_next(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 """
 )
@@ -350,12 +371,30 @@ class RedisCoordinator:
         return int(gen)
 
     def advance(
-        self, bot: str, generation: int, expected: int, new: int, due: float, parked: bool
+        self,
+        bot: str,
+        generation: int,
+        expected: int,
+        new: int,
+        due: float,
+        parked: bool,
+        *,
+        claim: str | None,
     ) -> bool:
-        """Move next_slot from `expected` to `new` if nobody else did; True for the winner."""
+        """Move next_slot from `expected` to `new` if nobody else did and the claim on
+        `expected` is still `claim`; True for the winner."""
         won = self._advance(
-            keys=[bot_key(bot), SCHEDULE, PARKED],
-            args=[generation, expected, new, f"{due:.3f}", int(parked), bot],
+            keys=[bot_key(bot), SCHEDULE, PARKED, claim_key(bot, generation, expected)],
+            args=[
+                generation,
+                expected,
+                new,
+                f"{due:.3f}",
+                int(parked),
+                bot,
+                int(claim is not None),
+                claim or "",
+            ],
         )
         return bool(won)
 

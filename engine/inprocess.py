@@ -58,12 +58,14 @@ class MemoryCoordinator:
     ) -> bool:
         """Mark a claim done, release the bot's mutex and compare-and-set the next slot."""
         with self._guard:
-            self.claims[(bot, generation, slot)] = f"done:{time.time():.3f}"
+            done = self.claims[(bot, generation, slot)] = f"done:{time.time():.3f}"
             if lock:
                 self.locks[bot].release()
         if successor is None:
             return False
-        return self.advance(bot, generation, slot, successor.slot, successor.due, successor.parked)
+        return self.advance(
+            bot, generation, slot, successor.slot, successor.due, successor.parked, claim=done
+        )
 
     @contextmanager
     def lock(self, bot: str, ttl: float, wait: float, owner: str = "") -> Iterator[bool]:
@@ -83,10 +85,23 @@ class MemoryCoordinator:
             mirror = self.mirrors.get(bot)
         return mirror.generation if mirror and mirror.status == "running" else None
 
+    def claim(self, bot: str, generation: int, slot: int) -> str | None:
+        """The claim value of a slot, as the Redis coordinator's."""
+        with self._guard:
+            return self.claims.get((bot, generation, slot))
+
     def advance(
-        self, bot: str, generation: int, expected: int, new: int, due: float, parked: bool
+        self,
+        bot: str,
+        generation: int,
+        expected: int,
+        new: int,
+        due: float,
+        parked: bool,
+        *,
+        claim: str | None,
     ) -> bool:
-        """Compare-and-set the next slot."""
+        """Compare-and-set the next slot, provided the claim on `expected` is `claim`."""
         with self._guard:
             mirror = self.mirrors.get(bot)
             if (
@@ -94,6 +109,7 @@ class MemoryCoordinator:
                 or mirror.status != "running"
                 or mirror.generation != generation
                 or mirror.next_slot != expected
+                or self.claims.get((bot, generation, expected)) != claim
             ):
                 return False
             self.mirrors[bot] = Mirror(

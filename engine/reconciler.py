@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, case, update
 from sqlalchemy import select as sa_select
 from sqlmodel import col
 
@@ -181,6 +181,7 @@ def _revive(
         mirror.interval,
         slot,
         expected=mirror.next_slot,
+        claim=claim,
         now=now,
     ):
         report.advanced += 1
@@ -217,19 +218,25 @@ def _move(
     slot: int,
     *,
     expected: int | None,
+    claim: str | None = None,
     now: float,
 ) -> bool:
-    """Put the chain on `slot` (CAS from `expected`, or a full restore) and enqueue it."""
+    """Put the chain on `slot` (CAS from `expected` while its claim is still `claim`, or
+    a full restore) and enqueue it."""
     due = due_at(origin, interval, slot)
     parked = due - now > rt.settings.eta_horizon_s
     if expected is None:
         moved = coordinator.publish(
             Mirror("running", generation, origin, interval, slot), bot, due, parked
         )
-        missed = 0
+        # Slots skipped after Redis lost its claims may have run: none is counted.
+        missed: Any = 0
     else:
-        moved = coordinator.advance(bot, generation, expected, slot, due, parked)
-        missed = slot - expected
+        moved = coordinator.advance(bot, generation, expected, slot, due, parked, claim=claim)
+        # The slots from the database's next slot on never ran: a tick that recorded
+        # itself before dying moved that pointer past its own slot, and counted its gap.
+        pointer = col(Bot.next_slot)
+        missed = case((pointer < slot, slot - pointer), else_=0)
     if not moved:
         return False
     with session_scope(rt.db) as session:

@@ -217,6 +217,10 @@ _TICK_COLUMNS = (
     "orders",
     "worker",
 )
+# The bot's schedule still points at this tick's slot.
+_OWNS_POINTER = (_bots.c.generation == bindparam("p_gen")) & (
+    _bots.c.next_slot == bindparam("p_slot")
+)
 _INSERT_TICK = Prepared(insert(Tick.__table__), columns=_TICK_COLUMNS)  # type: ignore[attr-defined]
 _UPDATE_BOT = Prepared(
     update(_bots)
@@ -227,15 +231,7 @@ _UPDATE_BOT = Prepared(
         # The gap up to the successor, unless the chain was moved past this slot while it
         # ran (a reconciler that took this tick for dead counts its own gap): the SET
         # expressions all read the row as it was before this update.
-        ticks_missed=_bots.c.ticks_missed
-        + case(
-            (
-                (_bots.c.generation == bindparam("p_gen"))
-                & (_bots.c.next_slot == bindparam("p_slot")),
-                bindparam("p_missed"),
-            ),
-            else_=0,
-        ),
+        ticks_missed=_bots.c.ticks_missed + case((_OWNS_POINTER, bindparam("p_missed")), else_=0),
         orders_sent=_bots.c.orders_sent + bindparam("p_orders"),
         consecutive_failures=case(
             (bindparam("p_failed") == 1, _bots.c.consecutive_failures + 1), else_=0
@@ -243,11 +239,8 @@ _UPDATE_BOT = Prepared(
         last_error=func.coalesce(bindparam("p_error", type_=String), _bots.c.last_error),
         last_tick_at=bindparam("p_at", type_=UtcDateTime()),
         updated_at=bindparam("p_at", type_=UtcDateTime()),
-        # A newer generation owns the schedule: leave its next slot alone.
-        next_slot=case(
-            (_bots.c.generation == bindparam("p_gen"), bindparam("p_next")),
-            else_=_bots.c.next_slot,
-        ),
+        # Nor does it move a pointer a newer generation or a reconciler moved on.
+        next_slot=case((_OWNS_POINTER, bindparam("p_next")), else_=_bots.c.next_slot),
     )
     .returning(_bots.c.status, _bots.c.generation, _bots.c.consecutive_failures)
 )

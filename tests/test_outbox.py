@@ -90,7 +90,8 @@ def test_only_the_cas_winner_pushes_its_successor(redis_client: redis.Redis) -> 
     coordinator = RedisCoordinator(redis_client, 60)
     coordinator.publish(Mirror("running", 1, 1000.0, 5.0, 0), "b", 1000.0, parked=False)
     first = coordinator.begin("b", 1, 0, "w", 60)
-    assert coordinator.advance("b", 1, 0, 1, 1005.0, False)  # someone moved the chain
+    seen = coordinator.claim("b", 1, 0)
+    assert coordinator.advance("b", 1, 0, 1, 1005.0, False, claim=seen)  # someone moved it
     # When slot 0 completes proposing slot 1 with its message, it loses the CAS
     lost = Next(1, 1005.0, False, Outgoing("q", "from-the-loser"))
     assert not coordinator.complete("b", 1, 0, first.lock, lost)

@@ -57,8 +57,9 @@ def test_begin_guards_and_claims(kind: str, coordinator: RedisCoordinator) -> No
     assert first.lock  # and the bot lock with it
     assert c.begin("b", 1, 0, "w", 60).verdict is Verdict.DUPLICATE
     # Only one of two racing successors wins the compare-and-set
-    assert c.advance("b", 1, 0, 1, 1005.0, False)
-    assert not c.advance("b", 1, 0, 2, 1010.0, False)
+    claimed = c.claim("b", 1, 0)
+    assert c.advance("b", 1, 0, 1, 1005.0, False, claim=claimed)
+    assert not c.advance("b", 1, 0, 2, 1010.0, False, claim=claimed)
     assert c.begin("b", 1, 0, "w", 60).verdict is Verdict.STALE  # a redelivered old slot
     assert c.generation("b") == 1
 
@@ -75,7 +76,7 @@ def test_begin_takes_the_bot_lock_and_complete_releases_it_and_moves_on(
     assert first.verdict is Verdict.RUN
     assert first.lock
     # When slot 1 of the same bot starts before slot 0 completes (a reconciler re-send)
-    assert c.advance("b", 1, 0, 1, 1005.0, False)
+    assert c.advance("b", 1, 0, 1, 1005.0, False, claim=c.claim("b", 1, 0))
     second = c.begin("b", 1, 1, "w", 60)
     # Then it may run (claimed) but not trade: the lock is slot 0's
     assert second.verdict is Verdict.RUN
@@ -90,6 +91,29 @@ def test_begin_takes_the_bot_lock_and_complete_releases_it_and_moves_on(
     # And a completion without a successor (stopped, error) moves nothing
     assert not c.complete("b", 1, 2, third.lock, None)
     assert c.begin("b", 1, 2, "w", 60).verdict is Verdict.DUPLICATE
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_advance_refuses_once_the_claim_changed_since_the_caller_looked(
+    kind: str, coordinator: RedisCoordinator
+) -> None:
+    c = coordinator if kind == "redis" else MemoryCoordinator()
+    _publish(c)
+    # Given a reconciler that saw slot 0 unclaimed
+    unclaimed = c.claim("b", 1, 0)
+    assert unclaimed is None
+    # When a tick claims slot 0 before the reconciler's advance
+    begin = c.begin("b", 1, 0, "w", 60)
+    assert begin.verdict is Verdict.RUN
+    # Then the advance refuses: the chain stays with the tick that runs the slot
+    assert not c.advance("b", 1, 0, 4, 1020.0, False, claim=unclaimed)
+    # And so does one that saw the tick running, once it has finished
+    running = c.claim("b", 1, 0)
+    assert not c.complete("b", 1, 0, begin.lock, None)
+    assert not c.advance("b", 1, 0, 4, 1020.0, False, claim=running)
+    # While the claim as it now stands lets the advance through
+    assert c.advance("b", 1, 0, 4, 1020.0, False, claim=c.claim("b", 1, 0))
+    assert c.begin("b", 1, 4, "w", 60).verdict is Verdict.RUN
 
 
 def test_begin_takes_over_a_dead_workers_lock(coordinator: RedisCoordinator) -> None:
@@ -131,7 +155,7 @@ def test_publish_never_goes_back_a_generation(coordinator: RedisCoordinator) -> 
 
 def test_parked_slots_are_dispatched_once(coordinator: RedisCoordinator) -> None:
     coordinator.publish(Mirror("running", 1, 0.0, 3600.0, 0), "b", 0.0, False)
-    assert coordinator.advance("b", 1, 0, 1, 3600.0, parked=True)
+    assert coordinator.advance("b", 1, 0, 1, 3600.0, parked=True, claim=None)
     assert coordinator.redis.zscore(PARKED, "b") == 3600.0
     assert coordinator.unpark_due(3000.0, 10) == (0, [])  # not inside the horizon yet
     assert coordinator.unpark_due(4000.0, 10) == (1, [("b", Mirror("running", 1, 0.0, 3600.0, 1))])
@@ -143,7 +167,7 @@ def test_unpark_drops_bots_no_longer_running_and_takes_batches(
 ) -> None:
     for name in ("a", "b", "c"):
         coordinator.publish(Mirror("running", 1, 0.0, 3600.0, 0), name, 0.0, False)
-        assert coordinator.advance(name, 1, 0, 1, 3600.0, parked=True)
+        assert coordinator.advance(name, 1, 0, 1, 3600.0, parked=True, claim=None)
     coordinator.publish(Mirror("stopped", 2, 0.0, 3600.0, 0), "b", 0.0, False)
     coordinator.redis.zadd(PARKED, {"b": 3600.0})  # a stale entry left by a race
     popped, first = coordinator.unpark_due(4000.0, 2)
