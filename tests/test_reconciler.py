@@ -8,8 +8,10 @@ between a tick's steps are staged one at a time.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import pytest
 import redis
 
 from engine import lifecycle
@@ -25,17 +27,41 @@ from tests.chain_support import bot_config
 INTERVAL = 10.0
 
 
-class Clock:
-    """Wall-clock time plus an offset the test moves."""
+@dataclass
+class Chain:
+    """A started bot "b" at 10 s on a runtime whose clock the test moves."""
 
-    def __init__(self) -> None:
-        self.offset = 0.0
+    rt: Runtime
+    coordinator: RedisCoordinator
+    sent: list[tuple[Any, ...]]  # the tick messages enqueued, as (bot, gen, slot, due)
+    origin: float
+    offset: float = 0.0
 
-    def __call__(self) -> float:
+    def clock(self) -> float:
         return time.time() + self.offset
 
+    def at(self, seconds: float) -> None:
+        """Move the clock to `seconds` past the bot's origin."""
+        self.offset = self.origin + seconds - time.time()
 
-def _runtime(redis_url: str, db: Any, clock: Clock) -> tuple[Runtime, list[tuple[Any, ...]]]:
+    def bot(self) -> Any:
+        with self.rt.db.connect() as conn:
+            row = conn.execute(_bots.select().where(_bots.c.name == "b")).first()
+        assert row is not None
+        return row
+
+    def record(self, slot: int, next_slot: int) -> None:
+        """Step 5 of slot `slot`, as a tick proposing `next_slot` writes it."""
+        due = due_at(self.origin, INTERVAL, slot)
+        done = TickRecord("b", 1, slot, due, due, due + 0.1, TickOutcome.OK, None, 0, next_slot, 0)
+        record(self.rt, done, fatal=False)
+
+
+_bots = Bot.__table__  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def chain(redis_url: str, db: Any) -> Chain:
     settings = Settings(
         redis_url=redis_url,
         celery_broker_url=redis_url,
@@ -43,82 +69,53 @@ def _runtime(redis_url: str, db: Any, clock: Clock) -> tuple[Runtime, list[tuple
         tick_time_limit_s=20,
         reconcile_grace_s=3,
     )
+    client = redis.Redis.from_url(redis_url)
+    coordinator = RedisCoordinator(client, 120)
     sent: list[tuple[Any, ...]] = []
-    rt = Runtime(
-        settings=settings,
-        redis=redis.Redis.from_url(redis_url),
-        db=db,
-        coordinator=RedisCoordinator(redis.Redis.from_url(redis_url), 120),
-        enqueue=lambda *a: sent.append(a),
-        clock=clock,
-    )
-    return rt, sent
-
-
-def _bot(rt: Runtime) -> Bot:
-    with rt.db.connect() as conn:
-        row = conn.execute(Bot.__table__.select().where(Bot.__table__.c.name == "b")).first()  # type: ignore[attr-defined]
-    assert row is not None
-    return row  # type: ignore[return-value]
-
-
-def _record(rt: Runtime, origin: float, slot: int, next_slot: int) -> None:
-    due = due_at(origin, INTERVAL, slot)
-    done = TickRecord("b", 1, slot, due, due, due + 0.1, TickOutcome.OK, None, 0, next_slot, 0)
-    record(rt, done, fatal=False)
+    rt = Runtime(settings, client, db, coordinator, lambda *a: sent.append(a))
+    chain = Chain(rt, coordinator, sent, origin=0.0)
+    rt.clock = chain.clock
+    lifecycle.start(rt, bot_config("b", interval="10s"))
+    chain.origin = chain.bot().origin
+    return chain
 
 
 def test_a_tick_that_recorded_itself_before_its_worker_died_is_not_counted_missed(
-    redis_url: str, db: Any
+    chain: Chain,
 ) -> None:
-    clock = Clock()
-    rt, sent = _runtime(redis_url, db, clock)
-    lifecycle.start(rt, bot_config("b", interval="10s"))
-    origin = _bot(rt).origin
     # Given slot 0 run by a worker that recorded it, then died before moving the chain on
-    assert rt.coordinator.begin("b", 1, 0, "gone:1", 30).verdict is Verdict.RUN
-    _record(rt, origin, 0, next_slot=1)
+    assert chain.coordinator.begin("b", 1, 0, "gone:1", 30).verdict is Verdict.RUN
+    chain.record(0, next_slot=1)
     # When the reconciler finds the chain stalled 45 s later (slot 4 due 5 s ago)
-    clock.offset = origin + 45.0 - time.time()
-    report = reconcile(rt)
+    chain.at(45.0)
+    report = reconcile(chain.rt)
     # Then it moves the chain on to slot 5 and counts slots 1 to 4 as missed, not slot 0
     assert report.advanced == 1
-    bot = _bot(rt)
+    bot = chain.bot()
     assert (bot.next_slot, bot.ticks_missed, bot.ticks_ok) == (5, 4, 1)
-    assert sent[-1][:3] == ("b", 1, 5)
+    assert chain.sent[-1][:3] == ("b", 1, 5)
 
 
 def test_a_tick_the_reconciler_gave_up_on_moves_neither_the_schedule_nor_the_count(
-    redis_url: str, db: Any
+    chain: Chain,
 ) -> None:
-    clock = Clock()
-    rt, _ = _runtime(redis_url, db, clock)
-    lifecycle.start(rt, bot_config("b", interval="10s"))
-    origin = _bot(rt).origin
     # Given slot 0 claimed by a worker whose heartbeat is gone, and the reconciler's
     # advance past it to slot 5
-    assert rt.coordinator.begin("b", 1, 0, "stalled:1", 30).verdict is Verdict.RUN
-    clock.offset = origin + 45.0 - time.time()
-    assert reconcile(rt).advanced == 1
+    assert chain.coordinator.begin("b", 1, 0, "stalled:1", 30).verdict is Verdict.RUN
+    chain.at(45.0)
+    assert reconcile(chain.rt).advanced == 1
     # When that tick comes back after all and records itself, proposing slot 1
-    _record(rt, origin, 0, next_slot=1)
+    chain.record(0, next_slot=1)
     # Then the schedule stays on slot 5 and no gap is counted twice
-    bot = _bot(rt)
+    bot = chain.bot()
     assert (bot.next_slot, bot.ticks_missed, bot.ticks_ok) == (5, 5, 1)
 
 
-def test_the_reconciler_leaves_a_slot_a_tick_claimed_while_it_looked(
-    redis_url: str, db: Any
-) -> None:
-    clock = Clock()
-    rt, sent = _runtime(redis_url, db, clock)
-    lifecycle.start(rt, bot_config("b", interval="10s"))
-    origin = _bot(rt).origin
-    coordinator = rt.coordinator
-    assert isinstance(coordinator, RedisCoordinator)
+def test_the_reconciler_leaves_a_slot_a_tick_claimed_while_it_looked(chain: Chain) -> None:
+    coordinator = chain.coordinator
     # Given slot 0's message still queued 45 s after its due time (a busy worker), and a
     # tick that claims it between the reconciler's look at the claim and its advance
-    clock.offset = origin + 45.0 - time.time()
+    chain.at(45.0)
     looked = coordinator.claim
 
     def look_then_lose_the_race(bot: str, generation: int, slot: int) -> str | None:
@@ -129,9 +126,9 @@ def test_the_reconciler_leaves_a_slot_a_tick_claimed_while_it_looked(
     coordinator.claim = look_then_lose_the_race  # type: ignore[method-assign]
     coordinator.heartbeat("live:1", 60)
     # When the reconciler passes
-    report = reconcile(rt)
+    report = reconcile(chain.rt)
     # Then the chain stays with the tick that runs slot 0: nothing advanced or counted
     assert report.advanced == 0
-    assert len(sent) == 1  # slot 0's own message, sent by start
-    bot = _bot(rt)
+    assert len(chain.sent) == 1  # slot 0's own message, sent by start
+    bot = chain.bot()
     assert (bot.next_slot, bot.ticks_missed) == (0, 0)
