@@ -16,6 +16,9 @@ resumes a chain whose message was lost within seconds (DESIGN.md, tick protocol 
 and a copy that came back an hour later would be refused by its slot claim. `QoS` keeps
 tick messages in memory only; a warm shutdown and a requeue still put them back on
 their queue. Every other task (maintenance, the API's) keeps kombu's emulation.
+
+`QoS` also caps how many messages a worker holds (`max_held`, a transport option), ETA
+ones included, which Celery's prefetch limit does not count.
 """
 
 from __future__ import annotations
@@ -41,6 +44,18 @@ class QoS(kombu_redis.QoS):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._untracked: set[Any] = set()
+
+    def can_consume(self) -> bool:
+        """kombu's prefetch check, and no more than the channel's `max_held` messages.
+
+        Celery lifts a worker's prefetch limit by one for every ETA message it holds, so
+        without this cap the first worker to read a batch of dispatched ticks takes all
+        of it and runs it late while its peers idle (benchmarks/README.md).
+        """
+        cap = self._channel.max_held
+        if cap and len(self._held) - len(self._dirty or ()) >= cap:
+            return False
+        return bool(super().can_consume())
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         """Hold the message; write its Redis copy unless it is untracked."""
@@ -108,6 +123,9 @@ class Channel(kombu_redis.Channel):
 
     QoS = QoS
     _shared_client: Any = None
+    # Messages a worker holds at once, ETA ones included (0: kombu's prefetch only).
+    max_held = 0
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "max_held")
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         """kombu's, but a connection error once kombu has detached the transport.

@@ -44,7 +44,10 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     # Unacked (and ETA) messages come back after this many seconds (celery #2481);
     # countdowns are kept below it by the ETA horizon (see engine/schedule.py).
-    broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+    broker_transport_options={
+        "visibility_timeout": settings.visibility_timeout_s,
+        "max_held": settings.worker_max_held,  # engine.broker's transport only
+    },
     result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
     # Prefetch one message per thread; ETA messages are held regardless of this limit.
     worker_prefetch_multiplier=1,

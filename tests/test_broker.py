@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import uuid
 
 import pytest
 import redis
-from kombu import Connection
+from kombu import Connection, Consumer, Queue
+from kombu.message import Message
 
 from engine import broker
 from engine.celery_app import app
@@ -150,3 +153,41 @@ def test_closing_after_a_lost_connection_is_a_connection_error_not_a_crash(
     # Then a worker sees the connection error it recovers from, not an AttributeError
     conn.close()
     redis.Redis.from_url(redis_url).delete(name)
+
+
+def test_a_channel_holds_no_more_than_max_held_messages_whatever_its_prefetch(
+    redis_url: str,
+) -> None:
+    # Given a consumer allowed 100 unacknowledged messages (what Celery's prefetch
+    # count becomes while it holds ETA messages) on a channel capped at 3
+    conn = Connection(redis_url, transport=broker.TRANSPORT, transport_options={"max_held": 3})
+    name = f"broker-test-{uuid.uuid4().hex[:8]}"
+    held: list[Message] = []
+    try:
+        queue = conn.SimpleQueue(name)
+        for n in range(6):
+            queue.put({"n": n})
+        channel = conn.channel()
+        assert channel.max_held == 3
+        consumer = Consumer(channel, [Queue(name)], callbacks=[lambda _, m: held.append(m)])
+        consumer.qos(prefetch_count=100)
+        with consumer:
+            # When it reads all it can
+            _drain(conn)
+            # Then it holds 3, and the rest stay queued for other workers
+            assert [m.payload["n"] for m in held] == [0, 1, 2]
+            assert channel.client.llen(name) == 3
+            # And each acknowledgement lets one more in
+            held[0].ack()
+            _drain(conn)
+            assert [m.payload["n"] for m in held] == [0, 1, 2, 3]
+        queue.close()
+    finally:
+        conn.release()
+
+
+def _drain(conn: Connection) -> None:
+    """Deliver what the transport lets through, until nothing comes for 0.5 s."""
+    with contextlib.suppress(TimeoutError, socket.timeout):
+        while True:
+            conn.drain_events(timeout=0.5)
