@@ -17,7 +17,7 @@ and a copy that came back an hour later would be refused by its slot claim. `QoS
 tick messages in memory only; a warm shutdown and a requeue still put them back on
 their queue. Every other task (maintenance, the API's) keeps kombu's emulation.
 
-`QoS` also caps how many messages a worker holds (`max_held`, a transport option), ETA
+`QoS` can also cap how many messages a worker holds (`max_held`, a transport option), ETA
 ones included, which Celery's prefetch limit does not count.
 """
 
@@ -49,8 +49,8 @@ class QoS(kombu_redis.QoS):
         """kombu's prefetch check, and no more than the channel's `max_held` messages.
 
         Celery lifts a worker's prefetch limit by one for every ETA message it holds, so
-        without this cap the first worker to read a batch of dispatched ticks takes all
-        of it and runs it late while its peers idle (benchmarks/README.md).
+        without a cap the first worker to read a batch of dispatched ticks may take all
+        of it and run it late while its peers idle (benchmarks/README.md).
         """
         cap = self._channel.max_held
         if cap and len(self._held) - len(self._dirty or ()) >= cap:

@@ -61,9 +61,10 @@ class Settings(BaseSettings):
     eta_horizon_s: int = Field(5, ge=2)
     dispatch_every_s: float = Field(1.0, gt=0)
     # Messages one worker process holds at once, ETA ones included (0: no cap). Celery
-    # lets a worker take every ETA message it can read, so one worker would take a whole
-    # dispatched batch and run it late while its peers idle (see engine.broker.QoS).
-    worker_max_held: int = Field(50, ge=0)
+    # lets a worker take every ETA message it can read, so one worker may take a whole
+    # dispatched batch and run it late while its peers idle (see engine.broker.QoS). A
+    # cap evens that out but costs throughput at saturation (benchmarks/README.md).
+    worker_max_held: int = Field(0, ge=0)
     visibility_timeout_s: int = Field(3600, ge=60)
     stop_drain_timeout_s: float = Field(30.0, ge=0)
     # Tick metrics are summed in each worker and written to Redis this often (0: per tick).
