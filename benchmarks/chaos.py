@@ -1,7 +1,7 @@
 """`python -m benchmarks.chaos --profile small|tiny|medium [...]`: a fault run.
 
 N bots (part of them live on the simulator, so orders really reach its order log) tick
-at a short interval (every third at 3x, so that its slots are parked and sent by beat)
+at a short interval (every third at 3x, so that its slots are parked and dispatched)
 while the harness, on a seeded schedule, SIGKILLs workers (starting a replacement each
 time), restarts Redis with its data gone and SIGKILLs beat (starting it again a few
 seconds later); every bot is started
@@ -44,7 +44,7 @@ CHAOS_ENV = {
     "RECONCILE_GRACE_S": "3",
     "TICK_TIME_LIMIT_S": "20",
     "MAX_CONSECUTIVE_FAILURES": "5",
-    # Slots more than 2 s away are parked: the 3 s bots depend on beat's dispatch.
+    # Slots more than 2 s away are parked: the 3 s bots depend on the dispatcher.
     "ETA_HORIZON_S": "2",
     "DISPATCH_EVERY_S": "1",
 }

@@ -18,7 +18,7 @@ from engine import lifecycle
 from engine.config import BotConfig
 from engine.coordination import Mirror
 from engine.models import Bot, BotStatus, utcnow
-from engine.runtime import Runtime
+from engine.runtime import Runtime, send_ticks
 
 # The simulator's USDT markets: bots spread over them round-robin.
 SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT")
@@ -130,11 +130,12 @@ def start_paced(
 def start_bulk(
     rt: Runtime, configs: Sequence[BotConfig], spread_s: float, lead_s: float = 2.0
 ) -> StartReport:
-    """Write running bot rows and mirrors in batches and enqueue each slot 0.
+    """Write running bot rows and mirrors in batches and send or park each slot 0.
 
     The same end state `lifecycle.start` leaves (generation 1, running, origin, mirror,
-    one slot-0 message), minus its per-bot round trips; origins are set ahead
-    (`lead_s` plus the bot's phase), so no bot starts late because of the batch.
+    slot 0 sent if due inside the ETA horizon, else parked for the dispatcher), minus
+    its per-bot round trips; origins are set ahead (`lead_s` plus the bot's phase), so
+    no bot starts late because of the batch.
     """
     t0 = time.time()
     base = t0 + lead_s
@@ -161,14 +162,19 @@ def start_bulk(
         # Mirrors first: a reconciler pass seeing a running row without its mirror
         # would "restore" it and start a second copy of the chain (harmless, since the
         # successor compare-and-set keeps one, but it would cost ticks and skew counts).
+        # A parked slot is sent by the dispatcher no earlier than the horizon before its
+        # due time, long after its row is written below.
+        due_now: list[tuple[str, int, int, float]] = []
+        horizon = rt.clock() + rt.settings.eta_horizon_s
         for row in rows:
-            origin = float(row["origin"])  # type: ignore[arg-type]
+            name, origin = str(row["name"]), float(row["origin"])  # type: ignore[arg-type]
             mirror = Mirror("running", 1, origin, float(row["interval_s"]), 0)  # type: ignore[arg-type]
-            rt.coordinator.publish(mirror, str(row["name"]), origin, parked=False)
+            rt.coordinator.publish(mirror, name, origin, parked=origin > horizon)
+            if origin <= horizon:
+                due_now.append((name, 1, 0, origin))
         with rt.db.begin() as conn:
             conn.execute(insert(Bot), rows)
-        for row in rows:
-            rt.enqueue(str(row["name"]), 1, 0, float(row["origin"]))  # type: ignore[arg-type]
+        send_ticks(rt, due_now)
     return StartReport("bulk", len(configs), time.time() - t0, 0, 0.0)
 
 

@@ -18,9 +18,10 @@ from sqlmodel import col
 
 from engine.coordination import SCHEDULE, Mirror, RedisCoordinator
 from engine.db import session_scope
+from engine.dispatcher import dispatch
 from engine.logging import get_logger
 from engine.models import Bot, BotStatus
-from engine.runtime import Runtime, send_ticks
+from engine.runtime import Runtime
 from engine.schedule import due_at, first_slot_after, next_runnable
 
 log = get_logger("engine.reconciler")
@@ -33,7 +34,7 @@ class Report:
     restored: int = 0  # mirror missing or behind the database: rebuilt and re-enqueued
     requeued: int = 0  # overdue and unclaimed: the same slot enqueued again
     advanced: int = 0  # claimed by a dead or finished tick that never moved on
-    dispatched: int = 0  # parked long-interval slots now inside the ETA horizon
+    dispatched: int = 0  # parked long-interval slots that came due
 
 
 def reconcile(rt: Runtime) -> Report:
@@ -56,35 +57,6 @@ def reconcile(rt: Runtime) -> Report:
     if report.restored or report.requeued or report.advanced:
         log.info("reconcile.done", **report.__dict__)
     return report
-
-
-def dispatch(rt: Runtime) -> int:
-    """Send every parked slot that has come inside the ETA horizon; returns how many.
-
-    Beat runs this every DISPATCH_EVERY_S as well as in each reconciler pass: small
-    frequent batches spread the workers' intake of ETA messages evenly, where one batch
-    per pass (~1,700 messages at 10k bots x 60 s) arrives as a burst that delays ticks.
-    """
-    coordinator = rt.coordinator
-    assert isinstance(coordinator, RedisCoordinator)
-    until = rt.clock() + rt.settings.eta_horizon_s
-    sent = 0
-    while True:
-        popped, batch = coordinator.unpark_due(until, _DISPATCH_BATCH)
-        send_ticks(
-            rt,
-            [
-                (bot, m.generation, m.next_slot, due_at(m.origin, m.interval, m.next_slot))
-                for bot, m in batch
-            ],
-        )
-        sent += len(batch)
-        if popped < _DISPATCH_BATCH:
-            return sent
-
-
-# Slots taken out of the parked set per script call: one call blocks Redis for its run.
-_DISPATCH_BATCH = 500
 
 
 def _restore_mirrors(

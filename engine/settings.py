@@ -52,13 +52,14 @@ class Settings(BaseSettings):
     reconcile_every_s: float = Field(10.0, gt=0)
     reconcile_grace_s: float = Field(15.0, ge=0)
     reconcile_backlog_limit: int = Field(1000, ge=0)
-    # Slots due further away are parked in Redis and sent on by beat's dispatch once
-    # inside the horizon, so a worker holds an ETA message seconds, not a whole interval.
-    # Each held message is ~30 objects in reference cycles (celery's request, timer entry
-    # and promises) that the collector walks in every full pass: at 10k bots x 60 s a
-    # 30 s horizon cost ~0.1 cores and p99 lateness 72 ms against 14.5 ms at 3 s
-    # (benchmarks/README.md). The horizon is the margin a late dispatch pass has.
+    # A successor due within this many seconds is sent at once as an ETA message; one
+    # due later is parked in Redis and sent when due by the workers' dispatcher
+    # (engine/dispatcher.py), so no worker holds it for an interval. Each held message
+    # is ~30 objects in reference cycles (celery's request, timer entry and promises)
+    # that the collector walks in every full pass: at 10k bots x 60 s a 30 s horizon
+    # cost ~0.1 cores and p99 lateness 72 ms against 14.5 ms at 3 s (benchmarks/README.md).
     eta_horizon_s: int = Field(5, ge=2)
+    # Beat's dispatch of due parked slots, for when no worker's dispatcher runs.
     dispatch_every_s: float = Field(1.0, gt=0)
     # Messages one worker process holds at once, ETA ones included (0: no cap). Celery
     # lets a worker take every ETA message it can read, so one worker may take a whole
@@ -87,9 +88,6 @@ class Settings(BaseSettings):
         # An ETA message held longer than the visibility timeout is redelivered (celery #2481).
         if self.eta_horizon_s >= self.visibility_timeout_s:
             raise ValueError("ETA_HORIZON_S must be below VISIBILITY_TIMEOUT_S")
-        # A parked slot must be sent at least one dispatch pass before it is due.
-        if self.eta_horizon_s <= self.dispatch_every_s:
-            raise ValueError("ETA_HORIZON_S must be above DISPATCH_EVERY_S")
         return self
 
     def secret_values(self) -> list[str]:

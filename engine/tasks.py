@@ -45,9 +45,9 @@ def reconcile() -> dict[str, int]:
 
 @app.task(name="engine.dispatch", ignore_result=True)
 def dispatch() -> int:
-    """Send parked slots that came inside the ETA horizon (beat, every ~1 s)."""
-    from engine.metrics import record_reconcile  # lazy: as above
-    from engine.reconciler import dispatch as dispatch_parked
+    """Send parked slots that came due (beat, every ~1 s), should no worker poll."""
+    from engine.dispatcher import dispatch as dispatch_parked  # lazy: as above
+    from engine.metrics import record_reconcile
 
     rt = get_runtime()
     sent = dispatch_parked(rt)
@@ -90,8 +90,13 @@ def _on_shutdown(**_: Any) -> None:
 
 @signals.worker_ready.connect
 def _on_worker_ready(**_: Any) -> None:
-    """Heartbeat, and settle orders a crashed predecessor may have left open or unknown."""
-    start_heartbeat(get_runtime())
+    """Heartbeat, the parked-slot dispatcher, and settle orders a crashed predecessor
+    may have left open or unknown."""
+    from engine import dispatcher  # lazy: as above
+
+    rt = get_runtime()
+    start_heartbeat(rt)
+    dispatcher.start(rt)
     reconcile_orders.delay()
 
 

@@ -330,8 +330,8 @@ def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
 
 def plan_next(rt: Runtime, bot: str, mirror: Mirror, slot: int) -> Next:
     """The successor slot with its due time, parked when beyond the ETA horizon (the
-    reconciler dispatches it later, so no ETA message waits longer than the horizon or
-    the visibility timeout). With an outbox its message is built here, for `complete`
+    workers' dispatcher sends it when due, so no ETA message waits longer than the
+    horizon or the visibility timeout). With an outbox its message is built here, for `complete`
     to send atomically with the compare-and-set."""
     due = due_at(mirror.origin, mirror.interval, slot)
     now = rt.clock()
@@ -346,8 +346,8 @@ def plan_next(rt: Runtime, bot: str, mirror: Mirror, slot: int) -> Next:
 def send_successor(rt: Runtime, bot: str, generation: int, nxt: Next) -> None:
     """Step 6, for the compare-and-set winner: send the successor's message.
 
-    A parked slot gets no message: the reconciler dispatches it once it comes inside
-    the ETA horizon. A prebuilt one was sent by `complete` already.
+    A parked slot gets no message: the workers' dispatcher sends it when it comes due.
+    A prebuilt one was sent by `complete` already.
     """
     if not nxt.parked and nxt.message is None:
         rt.enqueue(bot, generation, nxt.slot, nxt.due)

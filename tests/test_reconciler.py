@@ -1,5 +1,6 @@
 """The reconciler's advance of a stalled chain, against a real Redis and database, on a
-clock the test moves: which slots it counts as missed and when it must leave a chain be.
+clock the test moves: which slots it counts as missed and when it must leave a chain be,
+and when a parked slot is dispatched.
 
 The chain tests cover the reconciler end to end with workers; here the crash windows
 between a tick's steps are staged one at a time.
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from engine import lifecycle
+from engine import dispatcher, lifecycle
 from engine.coordination import RedisCoordinator, Verdict
 from engine.models import Bot, TickOutcome
 from engine.reconciler import reconcile
@@ -132,3 +133,19 @@ def test_the_reconciler_leaves_a_slot_a_tick_claimed_while_it_looked(chain: Chai
     assert len(chain.sent) == 1  # slot 0's own message, sent by start
     bot = chain.bot()
     assert (bot.next_slot, bot.ticks_missed) == (0, 0)
+
+
+def test_a_parked_slot_is_sent_when_it_comes_due_and_only_once(chain: Chain) -> None:
+    # Given slot 1 parked (slot 0's tick moved the chain on without an ETA message)
+    due = due_at(chain.origin, INTERVAL, 1)
+    assert chain.coordinator.advance("b", 1, 0, 1, due, parked=True, claim=None)
+    chain.sent.clear()
+    # When the dispatcher looks a second before its due time, it leaves it parked: an
+    # ETA message sent early would be held by whichever worker read it first
+    chain.at(INTERVAL - 1.0)
+    assert dispatcher.dispatch(chain.rt) == 0
+    # Then within one poll of its due time it is sent, once
+    chain.at(INTERVAL - dispatcher.LEAD_S / 2)
+    assert dispatcher.dispatch(chain.rt) == 1
+    assert chain.sent == [("b", 1, 1, due)]
+    assert dispatcher.dispatch(chain.rt) == 0

@@ -8,12 +8,6 @@ from pydantic import ValidationError
 from engine.settings import Settings
 
 
-def test_parked_slots_are_sent_at_least_one_dispatch_pass_ahead() -> None:
-    with pytest.raises(ValidationError, match="ETA_HORIZON_S must be above DISPATCH_EVERY_S"):
-        Settings(eta_horizon_s=5, dispatch_every_s=5)
-    assert Settings(eta_horizon_s=6, dispatch_every_s=5).eta_horizon_s == 6
-
-
 def test_eta_messages_are_never_held_past_the_visibility_timeout() -> None:
     with pytest.raises(ValidationError, match="ETA_HORIZON_S must be below VISIBILITY_TIMEOUT_S"):
         Settings(eta_horizon_s=600, visibility_timeout_s=600)
