@@ -49,8 +49,8 @@ class QoS(kombu_redis.QoS):
         """kombu's prefetch check, and no more than the channel's `max_held` messages.
 
         Celery lifts a worker's prefetch limit by one for every ETA message it holds, so
-        without a cap the first worker to read a batch of dispatched ticks may take all
-        of it and run it late while its peers idle (benchmarks/README.md).
+        without a cap the first worker to read a burst of ETA ticks may take all of it
+        and run it late while its peers idle (benchmarks/README.md).
         """
         cap = self._channel.max_held
         if cap and len(self._held) - len(self._dirty or ()) >= cap:

@@ -62,9 +62,10 @@ class Settings(BaseSettings):
     # Beat's dispatch of due parked slots, for when no worker's dispatcher runs.
     dispatch_every_s: float = Field(1.0, gt=0)
     # Messages one worker process holds at once, ETA ones included (0: no cap). Celery
-    # lets a worker take every ETA message it can read, so one worker may take a whole
-    # dispatched batch and run it late while its peers idle (see engine.broker.QoS). A
-    # cap evens that out but costs throughput at saturation (benchmarks/README.md).
+    # lets a worker take every ETA message it can read, so one worker may take a burst
+    # of them and run it late while its peers idle (see engine.broker.QoS). Parked slots
+    # no longer arrive as such bursts (engine/dispatcher.py); a cap also holds back
+    # messages queued behind the held ones (benchmarks/README.md).
     worker_max_held: int = Field(0, ge=0)
     visibility_timeout_s: int = Field(3600, ge=60)
     stop_drain_timeout_s: float = Field(30.0, ge=0)
