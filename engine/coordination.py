@@ -411,6 +411,11 @@ class RedisCoordinator:
             taken.append((bot, mirror))
         return int(popped), taken
 
+    def earliest_parked(self) -> float | None:
+        """The due time of the earliest parked slot, or None when none is parked."""
+        first = self.redis.zrange(PARKED, 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
     def publish(self, mirror: Mirror, bot: str, due: float, parked: bool) -> bool:
         """Write a bot's mirror unless Redis already holds a newer generation.
 

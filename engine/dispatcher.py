@@ -30,7 +30,7 @@ from engine.schedule import due_at
 log = get_logger("engine.dispatcher")
 
 POLL_S = 0.05
-"""How often each worker process looks for due parked slots."""
+"""How often each worker process looks for due parked slots while some come due."""
 
 LEAD_S = 0.05
 """How long before its due time a parked slot is sent: one poll, so no poll sends it late."""
@@ -72,12 +72,29 @@ def start(rt: Runtime) -> None:
 
 def _loop(rt: Runtime) -> None:
     while True:
+        wait = POLL_S
         try:
             sent = dispatch(rt)
             if sent:
                 record_reconcile(rt.redis, {"dispatched": sent})
+            else:
+                wait = idle_wait(rt)
         except redis.RedisError:
             pass  # Redis down: the parked set is gone too; the reconciler restores it
         except Exception:  # the loop must outlive any one bad pass
             log.exception("dispatcher.failed")
-        time.sleep(POLL_S)
+        time.sleep(wait)
+
+
+def idle_wait(rt: Runtime) -> float:
+    """How long a poll that found nothing due may sleep: until the earliest parked slot
+    comes due. A slot parked from now on is due more than the ETA horizon away (no
+    caller parks a nearer one), so the horizon bounds the sleep."""
+    coordinator = rt.coordinator
+    assert isinstance(coordinator, RedisCoordinator)
+    now = rt.clock()
+    until = now + rt.settings.eta_horizon_s
+    earliest = coordinator.earliest_parked()
+    if earliest is not None:
+        until = min(until, earliest)
+    return max(POLL_S, until - LEAD_S - now)

@@ -149,3 +149,19 @@ def test_a_parked_slot_is_sent_when_it_comes_due_and_only_once(chain: Chain) -> 
     assert dispatcher.dispatch(chain.rt) == 1
     assert chain.sent == [("b", 1, 1, due)]
     assert dispatcher.dispatch(chain.rt) == 0
+
+
+def test_an_idle_dispatcher_sleeps_until_the_earliest_parked_slot(chain: Chain) -> None:
+    horizon = chain.rt.settings.eta_horizon_s
+    # Given nothing parked: it sleeps for the horizon, since anything parked from now on
+    # is due further away than that
+    chain.at(1.0)
+    assert dispatcher.idle_wait(chain.rt) == pytest.approx(horizon - dispatcher.LEAD_S)
+    # Given slot 1 parked, due at 10 s: it wakes one lead before its due time
+    due = due_at(chain.origin, INTERVAL, 1)
+    assert chain.coordinator.advance("b", 1, 0, 1, due, parked=True, claim=None)
+    chain.at(INTERVAL - 2.0)
+    assert dispatcher.idle_wait(chain.rt) == pytest.approx(2.0 - dispatcher.LEAD_S, abs=0.01)
+    # And never sleeps less than one poll
+    chain.at(INTERVAL)
+    assert dispatcher.idle_wait(chain.rt) == dispatcher.POLL_S
