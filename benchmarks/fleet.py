@@ -19,6 +19,7 @@ from engine.config import BotConfig
 from engine.coordination import Mirror
 from engine.models import Bot, BotStatus, utcnow
 from engine.runtime import Runtime, send_ticks
+from engine.schedule import parks
 
 # The simulator's USDT markets: bots spread over them round-robin.
 SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT")
@@ -165,12 +166,13 @@ def start_bulk(
         # A parked slot is sent by the dispatcher no earlier than the horizon before its
         # due time, long after its row is written below.
         due_now: list[tuple[str, int, int, float]] = []
-        horizon = rt.clock() + rt.settings.eta_horizon_s
+        now = rt.clock()
         for row in rows:
             name, origin = str(row["name"]), float(row["origin"])  # type: ignore[arg-type]
             mirror = Mirror("running", 1, origin, float(row["interval_s"]), 0)  # type: ignore[arg-type]
-            rt.coordinator.publish(mirror, name, origin, parked=origin > horizon)
-            if origin <= horizon:
+            parked = parks(origin, now, rt.settings.eta_horizon_s)
+            rt.coordinator.publish(mirror, name, origin, parked=parked)
+            if not parked:
                 due_now.append((name, 1, 0, origin))
         with rt.db.begin() as conn:
             conn.execute(insert(Bot), rows)

@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         one_round(first_of_symbol)
         # Each bot's first tick in a process also parses its config and builds its
         # strategy, gateway and paper balances: what a fleet's start-up pays per process.
-        rest = [c for c in configs if c not in first_of_symbol]
+        warmed = {c.name for c in first_of_symbol}
+        rest = [c for c in configs if c.name not in warmed]
         cold = time.process_time()
         one_round(rest)
         cold = time.process_time() - cold

@@ -88,8 +88,8 @@ def _loop(rt: Runtime) -> None:
 
 def idle_wait(rt: Runtime) -> float:
     """How long a poll that found nothing due may sleep: until the earliest parked slot
-    comes due. A slot parked from now on is due more than the ETA horizon away (no
-    caller parks a nearer one), so the horizon bounds the sleep."""
+    comes due. A slot parked from now on is due more than the ETA horizon away
+    (`engine.schedule.parks`), so the horizon bounds the sleep."""
     coordinator = rt.coordinator
     assert isinstance(coordinator, RedisCoordinator)
     now = rt.clock()

@@ -23,7 +23,7 @@ from engine.errors import BotEngineError, BotNotFoundError
 from engine.logging import get_logger
 from engine.models import Bot, BotStatus, utcnow
 from engine.runtime import Runtime
-from engine.schedule import due_at
+from engine.schedule import due_at, parks
 
 log = get_logger("engine.lifecycle")
 _CAS_ATTEMPTS = 20
@@ -154,7 +154,7 @@ def _on_stop(rt: Runtime, bot: Bot) -> None:
 def _launch(rt: Runtime, name: str, gen: int, origin: float, interval: float) -> None:
     """Mirror a freshly (re)started generation to Redis and enqueue its slot 0."""
     now = rt.clock()
-    parked = origin - now > rt.settings.eta_horizon_s
+    parked = parks(origin, now, rt.settings.eta_horizon_s)
     published = rt.coordinator.publish(
         Mirror("running", gen, origin, interval, 0), name, origin, parked
     )

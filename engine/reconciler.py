@@ -22,7 +22,7 @@ from engine.dispatcher import dispatch
 from engine.logging import get_logger
 from engine.models import Bot, BotStatus
 from engine.runtime import Runtime
-from engine.schedule import due_at, first_slot_after, next_runnable
+from engine.schedule import due_at, first_slot_after, next_runnable, parks
 
 log = get_logger("engine.reconciler")
 
@@ -196,7 +196,7 @@ def _move(
     """Put the chain on `slot` (CAS from `expected` while its claim is still `claim`, or
     a full restore) and enqueue it."""
     due = due_at(origin, interval, slot)
-    parked = due - now > rt.settings.eta_horizon_s
+    parked = parks(due, now, rt.settings.eta_horizon_s)
     if expected is None:
         moved = coordinator.publish(
             Mirror("running", generation, origin, interval, slot), bot, due, parked

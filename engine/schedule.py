@@ -33,6 +33,13 @@ def next_runnable(origin: float, interval: float, now: float) -> int:
     return first_slot_after(origin, interval, now - tolerance)
 
 
+def parks(due: float, now: float, horizon_s: float) -> bool:
+    """Whether a slot due at `due` is parked at `now` rather than sent as an ETA message:
+    only when it is more than the ETA horizon away. Every caller decides with this, so
+    the dispatcher may sleep up to the horizon (engine/dispatcher.py)."""
+    return due - now > horizon_s
+
+
 def successor(origin: float, interval: float, slot: int, now: float) -> tuple[int, int]:
     """The slot to run after `slot`, and how many slots in between are missed."""
     nxt = max(slot + 1, next_runnable(origin, interval, now))

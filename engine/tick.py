@@ -26,7 +26,7 @@ from engine.models import Bot, BotStatus, StrategyState, Tick, TickOutcome, UtcD
 from engine.prepared import Prepared
 from engine.risk import RiskLimits, apply_risk
 from engine.runtime import Runtime
-from engine.schedule import due_at, successor
+from engine.schedule import due_at, parks, successor
 from strategies.base import Strategy
 from strategies.registry import build
 
@@ -335,7 +335,7 @@ def plan_next(rt: Runtime, bot: str, mirror: Mirror, slot: int) -> Next:
     to send atomically with the compare-and-set."""
     due = due_at(mirror.origin, mirror.interval, slot)
     now = rt.clock()
-    if due - now > rt.settings.eta_horizon_s:
+    if parks(due, now, rt.settings.eta_horizon_s):
         return Next(slot, due, parked=True)
     message = None
     if rt.outbox is not None:
