@@ -121,6 +121,145 @@ def test_a_failed_fetch_is_shared_not_repeated(redis_url: str) -> None:
     assert fetch.calls == 1
 
 
+class Clock:
+    """A wall clock the test moves."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def in_demand(redis_url: str, clock: Clock, fetch: Counter) -> MarketDataCache:
+    """A cache whose value "k" (readers accept 1 s) was fetched at 1000.0 and read
+    again at 1000.5; the clock is left at 1000.5."""
+    cache = MarketDataCache(redis.Redis.from_url(redis_url), clock=clock)
+    cache.get("k", 1.0, fetch)
+    clock.now = 1_000.5
+    cache.get("k", 1.0, fetch)
+    return cache
+
+
+def test_a_value_read_since_its_fetch_is_refreshed_before_it_expires(redis_url: str) -> None:
+    clock, fetch = Clock(), Counter()
+    cache = in_demand(redis_url, clock, fetch)
+    # When the refresher looks before its lead, it waits until the lead begins
+    assert cache.refresh_due() == pytest.approx(0.25)  # its longest nap
+    clock.now = 1_000.8
+    assert cache.refresh_due() == pytest.approx(0.15)  # 1001 - 0.05 lead - 1000.8
+    assert fetch.calls == 1
+    # When it looks inside the lead, it fetches
+    clock.now = 1_000.96
+    cache.refresh_due()
+    assert fetch.calls == 2
+    # Then a reader after the first value's expiry does not wait on the exchange
+    clock.now = 1_001.5
+    assert cache.get("k", 1.0, fetch) == {"price": 42}
+    assert fetch.calls == 2
+
+
+def test_a_value_nobody_read_since_its_fetch_is_not_refreshed(redis_url: str) -> None:
+    # Given a value one bot read once (its read fetched it)
+    clock, fetch = Clock(), Counter()
+    cache = MarketDataCache(redis.Redis.from_url(redis_url), clock=clock)
+    cache.get("k", 1.0, fetch)
+    # When the refresher looks inside the lead, and again after the value expired
+    for clock.now in (1_000.96, 1_001.2):
+        cache.refresh_due()
+    # Then it fetched nothing: the bot's next read fetches, as without a refresher
+    assert fetch.calls == 1
+
+
+def test_an_expired_value_is_left_to_its_readers(redis_url: str) -> None:
+    clock, fetch = Clock(), Counter()
+    cache = in_demand(redis_url, clock, fetch)
+    clock.now = 1_001.01
+    cache.refresh_due()
+    assert fetch.calls == 1
+
+
+def test_the_smallest_max_age_asked_is_kept_warm(redis_url: str) -> None:
+    # Given readers accepting 10 s and one accepting 2 s
+    clock, fetch = Clock(), Counter()
+    cache = MarketDataCache(redis.Redis.from_url(redis_url), clock=clock)
+    for clock.now, max_age in ((1_000.0, 10.0), (1_000.5, 2.0), (1_000.5, 10.0)):
+        cache.get("k", max_age, fetch)
+    # Then the value is refreshed before the strict reader would refetch it
+    clock.now = 1_001.96
+    cache.refresh_due()
+    assert fetch.calls == 2
+
+
+def test_one_process_refreshes_and_the_others_take_its_value(redis_url: str) -> None:
+    # Given two processes whose bots read the same value
+    clock, fetch = Clock(), Counter()
+    caches = [in_demand(redis_url, clock, fetch) for _ in range(2)]
+    # When both refreshers look inside the lead
+    clock.now = 1_000.96
+    for cache in caches:
+        cache.refresh_due()
+    # Then the exchange saw one refresh, and both hold its value
+    assert fetch.calls == 2
+    clock.now = 1_001.5
+    for cache in caches:
+        cache.get("k", 1.0, fetch)
+    assert fetch.calls == 2
+
+
+def test_a_refresh_under_another_fetchers_lock_waits_for_its_value(redis_url: str) -> None:
+    clock, fetch = Clock(), Counter()
+    cache = in_demand(redis_url, clock, fetch)
+    cache.redis.set("k:lock", "another-process", px=10_000)
+    clock.now = 1_000.96
+    # Then it does not fetch, and looks again after about one fetch's time
+    assert cache.refresh_due() <= 0.05
+    assert fetch.calls == 1
+
+
+def test_a_failed_refresh_leaves_the_valid_value_to_its_readers(redis_url: str) -> None:
+    # Given a value in demand, and the exchange failing from now on
+    clock, failing = Clock(), Counter(error=TemporaryError("exchange down"))
+    cache = in_demand(redis_url, clock, Counter())
+    cache.get("k", 1.0, failing)
+    # When the refresh fails
+    clock.now = 1_000.96
+    cache.refresh_due()
+    assert failing.calls == 1
+    # Then readers still get the valid value, and the refresher does not try again
+    assert cache.get("k", 1.0, failing) == {"price": 42}
+    clock.now = 1_000.98
+    cache.refresh_due()
+    assert failing.calls == 1
+
+
+def test_the_refresher_thread_fetches_so_that_readers_do_not(redis_url: str) -> None:
+    # Given a value read 20 times a second by readers accepting 0.5 s, kept warm
+    cache = MarketDataCache(redis.Redis.from_url(redis_url))
+    fetchers: list[str] = []
+
+    def fetch() -> Any:
+        fetchers.append(threading.current_thread().name)
+        time.sleep(0.02)
+        return {"price": 42}
+
+    def refreshers() -> int:
+        return [t.name for t in threading.enumerate()].count("botengine-marketdata")
+
+    before = refreshers()
+    cache.keep_warm()
+    cache.keep_warm()
+    assert refreshers() == before + 1  # one thread per cache and process
+    for _ in range(50):
+        cache.get("k", 0.5, fetch)
+        time.sleep(0.05)
+    # Then after the first read, the refresher fetched and the readers hardly ever did
+    assert fetchers[0] == "MainThread"
+    refreshes = fetchers.count("botengine-marketdata")
+    assert refreshes >= 3
+    assert len(fetchers) - 1 - refreshes <= 1
+
+
 class StaticData:
     """A data gateway returning fixed values and counting calls."""
 
