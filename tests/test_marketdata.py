@@ -133,10 +133,10 @@ class Clock:
 
 def in_demand(redis_url: str, clock: Clock, fetch: Counter) -> MarketDataCache:
     """A cache whose value "k" (readers accept 1 s) was fetched at 1000.0 and read
-    again at 1000.5; the clock is left at 1000.5."""
+    again in the second half of its life, at 1000.6; the clock is left there."""
     cache = MarketDataCache(redis.Redis.from_url(redis_url), clock=clock)
     cache.get("k", 1.0, fetch)
-    clock.now = 1_000.5
+    clock.now = 1_000.6
     cache.get("k", 1.0, fetch)
     return cache
 
@@ -159,15 +159,18 @@ def test_a_value_read_since_its_fetch_is_refreshed_before_it_expires(redis_url: 
     assert fetch.calls == 2
 
 
-def test_a_value_nobody_read_since_its_fetch_is_not_refreshed(redis_url: str) -> None:
-    # Given a value one bot read once (its read fetched it)
+def test_a_value_read_only_in_the_first_half_of_its_life_is_not_refreshed(
+    redis_url: str,
+) -> None:
+    # Given a value read only at its fetch and soon after: bots ticking together
     clock, fetch = Clock(), Counter()
     cache = MarketDataCache(redis.Redis.from_url(redis_url), clock=clock)
-    cache.get("k", 1.0, fetch)
+    for clock.now in (1_000.0, 1_000.3):
+        cache.get("k", 1.0, fetch)
     # When the refresher looks inside the lead, and again after the value expired
     for clock.now in (1_000.96, 1_001.2):
         cache.refresh_due()
-    # Then it fetched nothing: the bot's next read fetches, as without a refresher
+    # Then it fetched nothing: their next reads fetch, as without a refresher
     assert fetch.calls == 1
 
 
@@ -183,7 +186,7 @@ def test_the_smallest_max_age_asked_is_kept_warm(redis_url: str) -> None:
     # Given readers accepting 10 s and one accepting 2 s
     clock, fetch = Clock(), Counter()
     cache = MarketDataCache(redis.Redis.from_url(redis_url), clock=clock)
-    for clock.now, max_age in ((1_000.0, 10.0), (1_000.5, 2.0), (1_000.5, 10.0)):
+    for clock.now, max_age in ((1_000.0, 10.0), (1_001.5, 2.0), (1_001.5, 10.0)):
         cache.get("k", max_age, fetch)
     # Then the value is refreshed before the strict reader would refetch it
     clock.now = 1_001.96

@@ -15,8 +15,11 @@ A value in demand is refreshed off the tick path, shortly before it expires
 (`keep_warm`): otherwise, once per `max_age`, every tick of every process reading it
 waits a whole exchange round trip for one fetcher. At 2,000 bots x 1 s on four symbols
 with 50 ms exchange latency those waits were 18 % of the pool threads' time
-(benchmarks/README.md). "In demand" means read after it was fetched, so a value only a
-single bot reads once per interval costs no more fetches than without refreshing.
+(benchmarks/README.md). "In demand" means read in the second half of its life: bots
+that read a value only together, once per interval (a fleet started at once), or a
+single bot, cost no more fetches than without refreshing, while a fleet spread over its
+interval costs one fetch per `max_age` minus the lead, instead of one per `max_age` plus
+the gap until the next reader.
 """
 
 from __future__ import annotations
@@ -170,9 +173,10 @@ class MarketDataCache:
             demand.max_age_s, demand.max_age_at = max_age_s, now
 
     def refresh_due(self) -> float:
-        """Fetch again every value this process saw read since its fetch and which
-        expires within its lead (twice its fetch time plus 50 ms, at most half its
-        `max_age`); returns how long the caller may sleep before the next one."""
+        """Fetch again every value this process saw read in the second half of its life
+        and which expires within its lead (twice its fetch time plus 50 ms, at most a
+        quarter of its `max_age`); returns how long the caller may sleep before the next
+        one comes due."""
         now = self.clock()
         wake = now + _NAP_S
         with self._demand_lock:
@@ -184,11 +188,11 @@ class MarketDataCache:
             if seen is None:
                 continue
             expires = seen[0] + demand.max_age_s
-            lead = min(demand.max_age_s / 2, 0.05 + 2 * demand.took_s)
+            lead = min(demand.max_age_s / 4, 0.05 + 2 * demand.took_s)
             due = max(expires - lead, demand.retry_at)
             if now < due:
                 wake = min(wake, due)
-            elif now < expires and demand.read_at > seen[0]:
+            elif now < expires and demand.read_at > expires - demand.max_age_s / 2:
                 self._refresh(key, demand, fresh_s=demand.max_age_s - lead, expires=expires)
                 if demand.retry_at > now:
                     wake = min(wake, demand.retry_at)
