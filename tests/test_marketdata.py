@@ -236,6 +236,22 @@ def test_a_failed_refresh_leaves_the_valid_value_to_its_readers(redis_url: str) 
     assert failing.calls == 1
 
 
+def test_a_crashing_refresh_does_not_starve_the_other_values(redis_url: str) -> None:
+    # Given two values in demand, and a bug in the fetch of one of them
+    clock, good = Clock(), Counter()
+    cache = in_demand(redis_url, clock, Counter())
+    broken = Counter(error=RuntimeError("bug"))
+    cache.get("k", 1.0, broken)
+    for clock.now in (1_000.0, 1_000.6):
+        cache.get("other", 1.0, good)
+    # When the refresher passes twice inside their lead
+    for clock.now in (1_000.96, 1_000.98):
+        cache.refresh_due()
+    # Then the sound value was refreshed, and the buggy one tried once, not every pass
+    assert good.calls == 2
+    assert broken.calls == 1
+
+
 def test_the_refresher_thread_fetches_so_that_readers_do_not(redis_url: str) -> None:
     # Given a value read 20 times a second by readers accepting 0.5 s, kept warm
     cache = MarketDataCache(redis.Redis.from_url(redis_url))

@@ -216,6 +216,11 @@ class MarketDataCache:
         except TemporaryError as exc:
             demand.retry_at = expires  # the readers will try (and see the error) themselves
             log.warning("marketdata.refresh_failed", key=key, error=str(exc))
+        except redis_lib.RedisError:
+            raise  # Redis down: every key would fail alike; the pass stops
+        except Exception:  # a bug in one fetch must not starve the other keys
+            demand.retry_at = expires
+            log.exception("marketdata.refresh_crashed", key=key)
 
     def keep_warm(self) -> None:
         """Run `refresh_due` in a daemon thread of this process (once per process)."""
@@ -233,7 +238,7 @@ class MarketDataCache:
             except redis_lib.RedisError:
                 pass  # Redis down: the readers see it and say so
             except Exception:  # the loop must outlive any one bad pass
-                log.exception("marketdata.refresh_crashed")
+                log.exception("marketdata.refresh_pass_crashed")
             self.sleep(max(0.005, wait))
 
 
