@@ -27,7 +27,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from benchmarks import fleet, invariants, metrics, report
-from benchmarks.infra import Proc, Stack, harness_runtime, open_stack
+from benchmarks.infra import Stack, harness_runtime, open_stack
 from benchmarks.profiles import CHAOS_PROFILES, ChaosProfile
 from benchmarks.run import quiet_harness_logs
 from benchmarks.supervisor import Supervisor
@@ -35,6 +35,7 @@ from engine import lifecycle, orders
 from engine.lifecycle import Change
 from engine.models import Bot, Order
 from engine.runtime import Runtime
+from engine.supervise import Proc
 
 # Engine settings for the run, and the recovery bound they imply: a dead worker's claim
 # is abandoned when its heartbeat expires (10 s), the reconciler runs every 2 s and
@@ -116,14 +117,8 @@ class Chaos:
     def spawn_worker(self) -> None:
         """One more engine worker (the initial ones and each replacement)."""
         spec = self.profile.worker
-        proc = self.stack.procs.celery_worker(
-            f"chaos-w{self.spawned}",
-            "engine.celery_app",
-            "ticks,maintenance",
-            spec.pool,
-            spec.concurrency,
-            "INFO",
-            "engine-worker",
+        proc = self.stack.procs.worker(
+            f"chaos-w{self.spawned}", spec.concurrency, spec.pool, role="engine-worker"
         )
         self.spawned += 1
         self.stack.procs.wait_ready([proc], "worker.ready")
@@ -142,7 +137,7 @@ class Chaos:
         """The supervisor's restart of a process that exited by itself."""
         _say(f"{proc.name} exited by itself ({self.supervisor.exits[-1]['reason']}); restarting")
         if proc.role == "beat":
-            self.stack.procs.beat(self.stack.workdir)
+            self.stack.procs.beat()
         else:
             self.spawn_worker()
 
@@ -155,7 +150,7 @@ class Chaos:
             _say("SIGKILLed beat")
         time.sleep(self.profile.beat_down_s)
         with self.lock:
-            self.stack.procs.beat(self.stack.workdir)
+            self.stack.procs.beat()
             _say("beat started again")
 
     def restart_redis(self) -> None:
@@ -170,7 +165,7 @@ class Chaos:
         p = self.profile
         for _ in range(p.worker.workers):
             self.spawn_worker()
-        self.stack.procs.beat(self.stack.workdir)
+        self.stack.procs.beat()
         self.supervisor.start()
         live_every = round(1 / p.live_fraction) if p.live_fraction > 0 else 0
         configs = [

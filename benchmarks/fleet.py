@@ -166,11 +166,11 @@ def start_bulk(
         # A parked slot is sent by the dispatcher no earlier than the horizon before its
         # due time, long after its row is written below.
         due_now: list[tuple[str, int, int, float]] = []
-        now = rt.clock()
+        sent_at = rt.clock()
         for row in rows:
             name, origin = str(row["name"]), float(row["origin"])  # type: ignore[arg-type]
             mirror = Mirror("running", 1, origin, float(row["interval_s"]), 0)  # type: ignore[arg-type]
-            parked = parks(origin, now, rt.settings.eta_horizon_s)
+            parked = parks(origin, sent_at, rt.settings.eta_horizon_s)
             rt.coordinator.publish(mirror, name, origin, parked=parked)
             if not parked:
                 due_now.append((name, 1, 0, origin))

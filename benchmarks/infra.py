@@ -11,15 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,151 +26,9 @@ from engine.coordination import RedisCoordinator
 from engine.db import engine_for
 from engine.embedded import EmbeddedRedis, free_port
 from engine.runtime import Runtime
+from engine.supervise import ProcessGroup, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, every: float = 0.2) -> bool:
-    """Poll until `predicate()` is true or `timeout` seconds passed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
-
-
-@dataclass
-class Proc:
-    """One child process of the run, with its role (for resource accounting) and log."""
-
-    name: str
-    role: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-
-@dataclass
-class ProcessGroup:
-    """The run's child processes; each is stopped by its own pid, never by name."""
-
-    env: dict[str, str]
-    logdir: Path
-    procs: dict[str, Proc] = field(default_factory=dict)
-    gone: list[Proc] = field(default_factory=list)  # stopped or killed, logs still wanted
-
-    def spawn(
-        self, name: str, role: str, args: list[str], extra_env: dict[str, str] | None = None
-    ) -> Proc:
-        """Start `args` with stdout and stderr appended to `<logdir>/<name>.log`."""
-        log = self.logdir / f"{name}.log"
-        env = {**self.env, **(extra_env or {})}
-        with log.open("ab") as out:
-            popen = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        proc = Proc(name, role, popen, log)
-        self.procs[name] = proc
-        return proc
-
-    def celery_worker(
-        self,
-        name: str,
-        app: str,
-        queues: str,
-        pool: str,
-        concurrency: int,
-        log_level: str,
-        role: str,
-        extra_env: dict[str, str] | None = None,
-    ) -> Proc:
-        """A Celery worker with the flags the engine's tests use (no gossip, mingle)."""
-        return self.spawn(
-            name,
-            role,
-            [
-                str(BIN / "celery"),
-                "-A",
-                app,
-                "worker",
-                "-l",
-                log_level,
-                "-Q",
-                queues,
-                "--pool",
-                pool,
-                "-c",
-                str(concurrency),
-                "-n",
-                f"{name}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            extra_env,
-        )
-
-    def beat(self, workdir: Path) -> Proc:
-        """Celery beat: the reconciler's clock."""
-        return self.spawn(
-            "beat",
-            "beat",
-            [
-                str(BIN / "celery"),
-                "-A",
-                "engine.celery_app",
-                "beat",
-                "-l",
-                "info",
-                "--schedule",
-                str(workdir / "beat-schedule"),
-            ],
-        )
-
-    def by_role(self, role: str) -> list[Proc]:
-        """Running processes of one role."""
-        return [p for p in self.procs.values() if p.role == role]
-
-    def kill(self, name: str) -> None:
-        """SIGKILL: no shutdown handlers and no acks, as a crash or OOM kill would."""
-        proc = self.procs.pop(name)
-        proc.popen.send_signal(signal.SIGKILL)
-        proc.popen.wait()
-        self.gone.append(proc)
-
-    def stop(self, names: list[str], timeout: float = 30.0) -> None:
-        """SIGTERM (Celery's warm shutdown), then SIGKILL what outlives `timeout`."""
-        procs = [self.procs.pop(n) for n in names if n in self.procs]
-        for proc in procs:
-            if proc.popen.poll() is None:
-                proc.popen.terminate()
-        deadline = time.monotonic() + timeout
-        for proc in procs:
-            try:
-                proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
-        self.gone.extend(procs)
-
-    def stop_all(self) -> None:
-        """Stop every process still running."""
-        self.stop(list(self.procs))
-
-    def logs(self, role: str) -> list[Path]:
-        """Log files of every process of a role, running or gone."""
-        return sorted({p.log for p in [*self.procs.values(), *self.gone] if p.role == role})
-
-    def wait_ready(self, procs: list[Proc], marker: str, timeout: float = 90.0) -> None:
-        """Wait until each process wrote `marker` to its log (e.g. `worker.ready`)."""
-
-        def ready() -> bool:
-            for proc in procs:
-                if proc.popen.poll() is not None:
-                    raise RuntimeError(f"{proc.name} exited: see {proc.log}")
-            return all(marker in p.log.read_text(errors="replace") for p in procs)
-
-        if not wait_for(ready, timeout, every=0.25):
-            raise RuntimeError(f"processes not ready in {timeout:.0f} s: {[p.name for p in procs]}")
 
 
 def http_json(url: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
@@ -274,10 +129,9 @@ def open_stack(
     sim_port = sim_port or free_port()
     db_url = database_url or f"sqlite:///{workdir / 'bench.db'}"
     env = engine_env(redis_url, db_url, f"http://127.0.0.1:{sim_port}", log_level, extra_env)
-    procs = ProcessGroup(env, workdir / "logs")
+    procs = ProcessGroup(env, workdir / "logs", cwd=ROOT)
     try:
         procs.spawn(
-            "simulator",
             "simulator",
             [
                 sys.executable,

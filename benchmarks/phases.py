@@ -17,9 +17,10 @@ from typing import Any
 import redis
 
 from benchmarks import fleet, metrics
-from benchmarks.infra import Proc, Stack, harness_runtime, switch_interval_env
+from benchmarks.infra import Stack, harness_runtime, switch_interval_env
 from benchmarks.profiles import BenchProfile
 from benchmarks.sampler import Sampler
+from engine.supervise import Proc
 
 BLOCKED_EVENTS = (
     "tick.duplicate",
@@ -69,15 +70,15 @@ def start_workers(stack: Stack, profile: BenchProfile, side: str, first: int = 0
         app, queues, marker = "benchmarks.baseline_app", "baseline", " ready."
         env["BASELINE_LOG_DIR"] = str(baseline_dir(stack))
     workers = [
-        stack.procs.celery_worker(
+        stack.procs.worker(
             f"{side}-w{first + i}",
+            spec.concurrency,
+            spec.pool,
             app,
             queues,
-            spec.pool,
-            spec.concurrency,
-            profile.log_level,
-            f"{side}-worker",
-            env,
+            log_level=profile.log_level,
+            role=f"{side}-worker",
+            extra_env=env,
         )
         for i in range(spec.workers)
     ]

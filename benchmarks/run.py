@@ -143,7 +143,7 @@ def baseline_side(
 def engine_side(stack: Stack, sampler: Sampler, profile: BenchProfile, tag: str) -> dict[str, Any]:
     """The engine: workers and beat, main and saturation phases, figures."""
     workers = phases.start_workers(stack, profile, "engine")
-    beat = stack.procs.beat(stack.workdir)
+    beat = stack.procs.beat()
     _say("engine main phase")
     main = phases.engine_main(stack, profile, f"e{tag}")
     # Fresh workers and an empty queue, so the main phase's leftovers (messages of

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import psutil
 import redis
 
-from benchmarks.infra import ProcessGroup
+from engine.supervise import ProcessGroup
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.infra import Proc, ProcessGroup
+from engine.supervise import Proc, ProcessGroup
 
 
 @dataclass

@@ -24,22 +24,19 @@ from rich.text import Text
 from engine.config import BotConfig, load_bot_config
 from engine.embedded import EmbeddedRedis, free_port
 from engine.errors import BotEngineError
-from engine.supervise import ProcessGroup, console_script
+from engine.supervise import ProcessGroup, console_script, wait_for
 
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
-def _wait_http(url: str, timeout: float) -> bool:
+def _http_ok(url: str) -> bool:
     import urllib.request  # lazy: only the demo waits on HTTP
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback URL we built
-                return True
-        except OSError:
-            time.sleep(0.2)
-    return False
+    try:
+        with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback URL we built
+            return True
+    except OSError:
+        return False
 
 
 def run_demo(bot_files: list[Path], duration: float | None, workdir: Path) -> int:
@@ -75,7 +72,7 @@ def run_demo(bot_files: list[Path], duration: float | None, workdir: Path) -> in
         children.spawn(
             "simulator", [console_script("botengine"), "simulator", "--port", str(sim_port)]
         )
-        if not _wait_http(f"http://127.0.0.1:{sim_port}/api/v3/ping", 30):
+        if not wait_for(lambda: _http_ok(f"http://127.0.0.1:{sim_port}/api/v3/ping"), 30):
             raise BotEngineError(f"the simulator did not start; see {workdir}/simulator.log")
         children.worker("worker", concurrency=16)
         children.beat()

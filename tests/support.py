@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from engine.supervise import console_script
+from engine.supervise import wait_for as wait_for  # re-exported for the tests
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,13 +20,3 @@ def python_env(**extra: str) -> dict[str, str]:
 
 
 bin_path = console_script
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, every: float = 0.2) -> bool:
-    """Poll until `predicate()` is true or `timeout` seconds passed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
