@@ -127,6 +127,21 @@ def test_markets_and_clients_are_cached_per_process(sim: Any, redis_client: redi
     assert make_gateway(sim, redis_client, secret="other").client is not a.client
 
 
+def test_market_rules_do_not_wait_for_another_threads_request(
+    sim: Any, redis_client: redis.Redis
+) -> None:
+    # Given loaded markets, and another thread inside a request (it holds the client lock)
+    gw = make_gateway(sim, redis_client)
+    gw.market_rules(SYMBOL)
+    with gw.client.lock:
+        # When a tick asks for a symbol's rules, it reads them without waiting
+        done = threading.Event()
+        reader = threading.Thread(target=lambda: (gw.market_rules(SYMBOL), done.set()))
+        reader.start()
+        assert done.wait(5.0)
+    reader.join()
+
+
 def test_wrong_secret_is_operational_without_retry_storm(
     sim: Any, redis_client: redis.Redis
 ) -> None:

@@ -162,7 +162,11 @@ class CcxtGateway:
     def market_rules(self, symbol: str) -> MarketRules:
         """Precision and minimums of `symbol` (markets are loaded once per process)."""
         self._load_markets()
-        market = self.client.call(lambda ex: ex.markets.get(symbol))
+        # Not under the client lock, which every HTTP request holds for its round trip:
+        # a tick would wait for another thread's request (a refresh of market data, say)
+        # to read a dict. `load_markets` replaces `markets` whole, so a read sees the old
+        # markets or the new ones.
+        market = (self.client.exchange.markets or {}).get(symbol)
         if market is None:
             raise OperationalError(f"{self.exchange_id} does not list {symbol}")
         mode = self.client.exchange.precisionMode
