@@ -31,7 +31,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -114,19 +115,28 @@ class MarketDataCache:
             hit = self._read(key, max_age_s)
             if hit is not None:
                 return hit[0]
-            token = uuid.uuid4().hex
-            if self.redis.set(f"{key}:lock", token, nx=True, px=int(self.lock_ttl_s * 1000)):
-                try:
+            with self._fetch_lock(key) as held:
+                if held:
                     hit = self._read(key, max_age_s)  # written between our read and lock
                     return hit[0] if hit is not None else self._fetch(key, max_age_s, fetch)
-                finally:
-                    self._release(keys=[f"{key}:lock"], args=[token])
             if self.clock() >= waited_until:
                 # The holder is stuck or slow: fetch ourselves rather than miss the tick.
                 return self._fetch(key, max_age_s, fetch)
             with admission.waiting():  # on another process's fetch
                 self.sleep(poll)
             poll = min(poll * 2, 0.05)
+
+    @contextmanager
+    def _fetch_lock(self, key: str) -> Iterator[bool]:
+        """Hold `key`'s single-flight lock for the block, unless another fetcher holds
+        it; yields whether this one does."""
+        token = uuid.uuid4().hex
+        held = bool(self.redis.set(f"{key}:lock", token, nx=True, px=int(self.lock_ttl_s * 1000)))
+        try:
+            yield held
+        finally:
+            if held:
+                self._release(keys=[f"{key}:lock"], args=[token])
 
     def _read(self, key: str, max_age_s: float) -> tuple[Any] | None:
         seen = self._seen.get(key)
@@ -204,17 +214,14 @@ class MarketDataCache:
         try:
             if self._read(key, fresh_s) is not None:
                 return  # another process refreshed it
-            token = uuid.uuid4().hex
-            if not self.redis.set(f"{key}:lock", token, nx=True, px=int(self.lock_ttl_s * 1000)):
-                # Look for the holder's value once its fetch should be done.
-                demand.retry_at = self.clock() + max(0.01, demand.took_s)
-                return
-            try:
+            with self._fetch_lock(key) as held:
+                if not held:
+                    # Look for the holder's value once its fetch should be done.
+                    demand.retry_at = self.clock() + max(0.01, demand.took_s)
+                    return
                 # Past `expires` the readers fetch for themselves: stop retrying then.
                 with time_budget(max(0.0, expires - self.clock())):
                     self._fetch(key, demand.max_age_s, demand.fetch)
-            finally:
-                self._release(keys=[f"{key}:lock"], args=[token])
         except TemporaryError as exc:
             demand.retry_at = expires  # the readers will try (and see the error) themselves
             log.warning("marketdata.refresh_failed", key=key, error=str(exc))
