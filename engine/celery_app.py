@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, concurrency, signals
 from celery.apps import worker as celery_worker_module
 from celery.apps.beat import Beat
 from celery.apps.worker import Worker
 from celery.schedules import crontab
+from kombu import Exchange, Queue
 
 from engine import logging as elog
 from engine.broker import transport_for
@@ -20,6 +21,7 @@ from engine.settings import get_settings
 
 TICK_QUEUE = "ticks"
 MAINTENANCE_QUEUE = "maintenance"
+QUEUES = (TICK_QUEUE, MAINTENANCE_QUEUE)
 
 settings = get_settings()
 
@@ -37,6 +39,10 @@ app.conf.update(
     # even when thousands of ticks are queued.
     task_default_queue=MAINTENANCE_QUEUE,
     task_routes={"engine.tick": {"queue": TICK_QUEUE}},
+    # Declared, so that a worker started without -Q (`celery -A engine.celery_app worker`,
+    # as Celery's docs have it) consumes both; without this it would consume only the
+    # default queue and no bot would ever tick. `-Q` still narrows it.
+    task_queues=[Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
     # A task is acknowledged after it ran, so a worker killed mid-task leaves the message
     # for redelivery. Ticks are the exception (engine/tasks.py): their slot claim would
     # refuse the copy, and the reconciler resumes their chains.
@@ -169,10 +175,28 @@ def on_worker_setup(sender: str, instance: Any, **_: Any) -> None:
     elog.get_logger("engine.worker").info(
         "worker.ready",
         hostname=sender,
-        pool=type(instance.pool_cls).__name__ if instance.pool_cls else None,
+        pool=_pool_name(instance.pool_cls),
         concurrency=instance.concurrency,
-        queues=sorted(instance.app.amqp.queues.keys()),
+        queues=consumed_queues(instance.app),
     )
+
+
+def _pool_name(pool_cls: Any) -> str | None:
+    """`threads`, `prefork`, ... for a pool class (or the name Celery was given)."""
+    if pool_cls is None:
+        return None
+    if isinstance(pool_cls, str):
+        return pool_cls
+    path = f"{pool_cls.__module__}:{pool_cls.__name__}"
+    aliases: dict[str, str] = getattr(concurrency, "ALIASES", {})
+    return next((alias for alias, target in aliases.items() if target == path), path)
+
+
+def consumed_queues(celery: Celery) -> list[str]:
+    """The queues this worker consumes: its -Q selection, else every declared queue."""
+    queues = celery.amqp.queues
+    selected = queues.consume_from or queues
+    return sorted(selected.keys())
 
 
 @signals.task_prerun.connect

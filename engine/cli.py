@@ -276,8 +276,16 @@ def db_upgrade() -> None:
 
 
 @app.command()
-def run(file: Annotated[Path, typer.Argument(help="Bot YAML file")]) -> None:
-    """Run one bot in the foreground without broker or Redis (Ctrl-C stops it)."""
+def run(
+    file: Annotated[Path, typer.Argument(help="Bot YAML file")],
+    takeover: Annotated[
+        bool,
+        typer.Option(help="Stop the fleet's chain of this bot first (needs Redis), run it here"),
+    ] = False,
+) -> None:
+    """Run one bot in the foreground without broker or Redis (Ctrl-C stops it).
+
+    A bot the fleet runs is refused unless --takeover is given: never two chains."""
     import signal
     import threading
 
@@ -295,7 +303,7 @@ def run(file: Annotated[Path, typer.Argument(help="Bot YAML file")]) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    ticks_run = run_foreground(config, settings, stop, source=str(file))
+    ticks_run = run_foreground(config, settings, stop, source=str(file), takeover=takeover)
     err.print(f"{config.name}: stopped after {ticks_run} tick(s)")
 
 

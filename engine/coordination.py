@@ -19,6 +19,8 @@ from typing import Protocol
 
 import redis
 
+from engine.errors import BrokerUnavailableError
+
 SCHEDULE = "schedule"  # zset: running bot -> due time of its next slot
 PARKED = "parked"  # zset: bots whose next slot is too far away for an ETA message
 
@@ -118,6 +120,10 @@ class Coordinator(Protocol):
 
     def generation(self, bot: str) -> int | None:
         """The current generation of a running bot, None when not running (fencing)."""
+        ...
+
+    def check(self) -> None:
+        """Raise BrokerUnavailableError unless the shared state can be written now."""
         ...
 
     def claim(self, bot: str, generation: int, slot: int) -> str | None:
@@ -362,6 +368,16 @@ class RedisCoordinator:
         finally:
             if acquired:
                 self._release(keys=[lock_key(bot)], args=[token])
+
+    def check(self) -> None:
+        """Raise BrokerUnavailableError unless Redis answers: a lifecycle command checks
+        first, so that one refused for a dead Redis has changed nothing."""
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            raise BrokerUnavailableError(
+                f"Redis cannot be reached ({type(exc).__name__}); nothing was changed"
+            ) from None
 
     def generation(self, bot: str) -> int | None:
         """The running generation, for fencing right before an order is sent."""

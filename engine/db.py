@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
@@ -42,6 +44,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor.close()
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """True for errors that mean "the database is not reachable right now" (down,
+    restarting, connection lost, SQLite locked), as opposed to a bad statement."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return False
+    text = str(exc.orig).lower()
+    # SQLite reports a missing table or column as an OperationalError too: not an outage.
+    return not any(word in text for word in ("no such", "syntax error", "has no column"))
+
+
 @lru_cache(maxsize=8)
 def engine_for(url: str) -> Engine:
     """The process-wide engine for `url` (created once, after fork)."""
@@ -61,7 +75,12 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
 
 def migrate(url: str) -> None:
-    """Bring the schema at `url` to the newest Alembic revision (idempotent)."""
+    """Bring the schema at `url` to the newest Alembic revision (idempotent).
+
+    Safe to call from several processes at once (every worker does at start): PostgreSQL
+    serialises them with an advisory lock (migrations/env.py), SQLite with a lock file
+    beside the database.
+    """
     from alembic import command  # lazy: alembic is only needed at start-up
     from alembic.config import Config
 
@@ -69,4 +88,20 @@ def migrate(url: str) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     config.attributes["engine"] = engine_for(url)
-    command.upgrade(config, "head")
+    with _sqlite_file_lock(url):
+        command.upgrade(config, "head")
+
+
+@contextmanager
+def _sqlite_file_lock(url: str) -> Iterator[None]:
+    """An exclusive lock on `<database>.migrate-lock` for a file SQLite database."""
+    path = make_url(url).database if url.startswith("sqlite") else None
+    if not path or path == ":memory:":
+        yield
+        return
+    with open(f"{path}.migrate-lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

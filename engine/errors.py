@@ -27,8 +27,30 @@ class BrokerUnavailableError(BotEngineError):
     """Raised when the Celery broker or the coordination Redis cannot be reached."""
 
 
+class BotBusyError(BotEngineError):
+    """Raised when a bot runs elsewhere (the fleet, or a foreground `botengine run`); stop
+    it there first, or take it over explicitly."""
+
+
+class DatabaseUnavailableError(BotEngineError):
+    """Raised when the database cannot be reached; retry later, nothing was changed."""
+
+
 class FencedError(BotEngineError):
     """Raised inside a tick when its generation is no longer current: stop sending orders."""
+
+
+class SupersededError(FencedError):
+    """Raised inside a tick when the database no longer runs its generation: the tick and
+    its chain end here, and Redis is told what the database holds."""
+
+    def __init__(
+        self, message: str, status: str | None, generation: int | None, runner: str | None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.generation = generation
+        self.runner = runner
 
 
 class ExchangeError(BotEngineError):

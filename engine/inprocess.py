@@ -7,17 +7,24 @@ For developing a strategy against live or simulated data without any services.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from sqlalchemy import Engine
+from sqlmodel import Session
+
 from engine import lifecycle
 from engine.config import BotConfig
 from engine.coordination import Begin, Mirror, Next, Verdict
 from engine.db import engine_for, migrate
+from engine.errors import BotBusyError
 from engine.logging import get_logger
+from engine.models import Bot, BotStatus
 from engine.runtime import Runtime
 from engine.schedule import due_at
 from engine.settings import Settings
@@ -85,6 +92,9 @@ class MemoryCoordinator:
             mirror = self.mirrors.get(bot)
         return mirror.generation if mirror and mirror.status == "running" else None
 
+    def check(self) -> None:
+        """Memory is always there."""
+
     def claim(self, bot: str, generation: int, slot: int) -> str | None:
         """The claim value of a slot, as the Redis coordinator's."""
         with self._guard:
@@ -149,24 +159,102 @@ def _no_message(bot: str, generation: int, slot: int, due: float) -> None:
     """The runtime's enqueue: the loop reads the next slot from the mirror instead."""
 
 
+@dataclass
+class ForegroundCoordinator(MemoryCoordinator):
+    """The memory coordinator, fencing orders against the database: a `stop-bot` (or a
+    takeover) from another process ends this run's trading at once, not at its next tick."""
+
+    db: Engine | None = None
+
+    def generation(self, bot: str) -> int | None:
+        """The generation the database runs here, if the memory mirror agrees."""
+        mine = super().generation(bot)
+        if mine is None or self.db is None:
+            return mine
+        with Session(self.db) as session:
+            row = session.get(Bot, bot)
+        if row is None or row.status != BotStatus.RUNNING or row.generation != mine:
+            return None
+        return mine
+
+
+def foreground_id() -> str:
+    """How `bots.runner` names this process."""
+    return f"foreground:{socket.gethostname()}:{os.getpid()}"
+
+
+def claim_for_foreground(rt: Runtime, config: BotConfig, *, takeover: bool) -> None:
+    """Make sure no other chain of the bot runs, before this process starts its own.
+
+    A bot the fleet runs (or holds paused) is refused unless `takeover` is set; then the
+    fleet's chain is stopped through Redis first, exactly as `stop-bot` does (its queued
+    ticks drop, a tick inside its run is waited for). A bot another live foreground
+    process runs is always refused; one whose process is gone is taken over.
+    """
+    with Session(rt.db) as session:
+        bot = session.get(Bot, config.name)
+    if bot is None or bot.status in (BotStatus.STOPPED, BotStatus.ERROR):
+        return
+    if bot.runner is None:
+        if not takeover:
+            raise BotBusyError(
+                f"bot {config.name} is {bot.status} on the fleet's workers (generation "
+                f"{bot.generation}); stop it first with `botengine stop-bot {config.name}`, "
+                "or pass --takeover to stop the fleet's chain and run it here"
+            )
+        from engine.runtime import get_runtime  # lazy: only a takeover needs Redis
+
+        fleet = get_runtime()
+        result = lifecycle.stop(fleet, config.name)
+        log.warning("run.took_over", bot=config.name, fleet_generation=result.generation)
+        return
+    if bot.status == BotStatus.RUNNING and _alive(bot.runner):
+        raise BotBusyError(
+            f"bot {config.name} already runs in the foreground ({bot.runner}); stop that first"
+        )
+    lifecycle.stop(rt, config.name)  # a foreground run that died: nothing else ticks it
+
+
+def _alive(runner: str) -> bool:
+    """Whether a foreground runner id names a live process (unknowable for other hosts:
+    assumed alive)."""
+    _, host, pid = runner.split(":", 2)
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def run_foreground(
-    config: BotConfig, settings: Settings, stop: threading.Event, source: str | None = None
+    config: BotConfig,
+    settings: Settings,
+    stop: threading.Event,
+    source: str | None = None,
+    *,
+    takeover: bool = False,
 ) -> int:
-    """Run one bot until `stop` is set (Ctrl-C); returns the number of ticks run."""
+    """Run one bot until `stop` is set (Ctrl-C); returns the number of ticks run.
+
+    Raises BotBusyError when the bot runs elsewhere (see `claim_for_foreground`).
+    """
     migrate(settings.database_url)
-    coordinator = MemoryCoordinator()
+    db = engine_for(settings.database_url)
+    coordinator = ForegroundCoordinator(db=db)
     rt = Runtime(
         settings=settings,
         redis=None,
-        db=engine_for(settings.database_url),
+        db=db,
         coordinator=coordinator,
         enqueue=_no_message,
+        runner=foreground_id(),
     )
+    claim_for_foreground(rt, config, takeover=takeover)
     result = lifecycle.start(rt, config, source=source)
-    if result.change is lifecycle.Change.UNCHANGED:
-        # The database says running (another process, or a crash): take over here.
-        lifecycle.stop(rt, config.name)
-        lifecycle.start(rt, config, source=source)
     ticks = 0
     last: tuple[int, int] | None = None
     try:
@@ -177,10 +265,14 @@ def run_foreground(
             generation, slot, due = current
             if stop.wait(max(0.0, due - time.time())):
                 break
-            run_tick(rt, config.name, generation, slot)
+            if run_tick(rt, config.name, generation, slot) is None:
+                break  # dropped: stopped or taken over from another process
             ticks += 1
             last = (generation, slot)
     finally:
-        lifecycle.stop(rt, config.name)
+        if coordinator.generation(config.name) == result.generation:
+            lifecycle.stop(rt, config.name)
+        else:
+            log.warning("run.ended_elsewhere", bot=config.name, generation=result.generation)
         log.info("run.stopped", bot=config.name, ticks=ticks)
     return ticks

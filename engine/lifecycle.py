@@ -19,7 +19,7 @@ from engine import notify
 from engine.config import BotConfig
 from engine.coordination import Mirror
 from engine.db import session_scope
-from engine.errors import BotEngineError, BotNotFoundError
+from engine.errors import BotBusyError, BotEngineError, BotNotFoundError
 from engine.logging import get_logger
 from engine.models import Bot, BotStatus, utcnow
 from engine.runtime import Runtime
@@ -57,9 +57,12 @@ def start(rt: Runtime, config: BotConfig, source: str | None = None) -> Result:
     Starting a running bot with the same config changes nothing; two concurrent starts
     yield one chain because only one wins the generation compare-and-set.
     """
+    rt.coordinator.check()
     digest = config.config_hash()
     for _ in range(_CAS_ATTEMPTS):
         bot = _get_or_create(rt, config, digest, source)
+        if bot.status == BotStatus.RUNNING and bot.runner != rt.runner:
+            raise BotBusyError(_busy_message(bot))
         if bot.status == BotStatus.RUNNING and bot.config_hash == digest:
             return Result(bot.name, Change.UNCHANGED, bot.generation, bot.status)
         now = rt.clock()
@@ -77,6 +80,7 @@ def start(rt: Runtime, config: BotConfig, source: str | None = None) -> Result:
             "interval_s": config.check_interval,
             "consecutive_failures": 0,
             "last_error": None,
+            "runner": rt.runner,
         }
         if (gen := _bump(rt, bot, BotStatus.RUNNING, origin=origin, **values)) is not None:
             _launch(rt, config.name, gen, origin, config.check_interval)
@@ -96,13 +100,25 @@ def pause(rt: Runtime, name: str) -> Result:
 
 
 def resume(rt: Runtime, name: str) -> Result:
-    """Resume a paused (or errored) bot with its stored config."""
+    """Resume a paused (or errored) bot with its stored config, on the fleet's workers
+    (or in the foreground process that calls it)."""
+    rt.coordinator.check()
     for _ in range(_CAS_ATTEMPTS):
         bot = _load(rt, name)
         if bot.status == BotStatus.RUNNING:
+            if bot.runner != rt.runner:
+                raise BotBusyError(_busy_message(bot))
             return Result(name, Change.UNCHANGED, bot.generation, bot.status)
         now = rt.clock()
-        gen = _bump(rt, bot, BotStatus.RUNNING, origin=now, consecutive_failures=0, last_error=None)
+        gen = _bump(
+            rt,
+            bot,
+            BotStatus.RUNNING,
+            origin=now,
+            consecutive_failures=0,
+            last_error=None,
+            runner=rt.runner,
+        )
         if gen is not None:
             _launch(rt, name, gen, now, bot.interval_s)
             log.info("bot.resumed", bot=name, generation=gen)
@@ -111,9 +127,13 @@ def resume(rt: Runtime, name: str) -> Result:
 
 
 def _halt(rt: Runtime, name: str, status: BotStatus, change: Change) -> Result:
+    """Stop or pause whatever chain the bot has, wherever it runs: the fleet's, or a
+    foreground `botengine run` (its next tick finds the new generation and ends)."""
+    rt.coordinator.check()
     for _ in range(_CAS_ATTEMPTS):
         bot = _load(rt, name)
-        if bot.status == status:
+        # A chain Redis still runs although the database says halted is stopped too.
+        if bot.status == status and rt.coordinator.generation(name) is None:
             return Result(name, Change.UNCHANGED, bot.generation, bot.status)
         gen = _bump(rt, bot, status)
         if gen is None:
@@ -128,6 +148,16 @@ def _halt(rt: Runtime, name: str, status: BotStatus, change: Change) -> Result:
             notify.notify(notify.BOT_STOPPED, bot=name, generation=gen, drained=drained)
         return Result(name, change, gen, status, drained)
     raise BotEngineError(f"bot {name}: too many concurrent lifecycle changes")
+
+
+def _busy_message(bot: Bot) -> str:
+    if bot.runner is None:
+        where = "on the fleet's workers"
+        fix = f"stop it first (`botengine stop-bot {bot.name}`)"
+    else:
+        where = f"in the foreground ({bot.runner}, `botengine run`)"
+        fix = f"stop that process (Ctrl-C), or `botengine stop-bot {bot.name}` if it is gone"
+    return f"bot {bot.name} is running {where} at generation {bot.generation}; {fix}"
 
 
 def _drain(rt: Runtime, name: str) -> bool:

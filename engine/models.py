@@ -75,6 +75,10 @@ class Bot(SQLModel, table=True):
     generation: int = 0
     interval_s: float = 60.0
     origin: float = 0.0  # epoch seconds of slot 0 of the current generation
+    # Who runs the current generation: None for the fleet's workers, or the foreground
+    # process of `botengine run` ("foreground:<host>:<pid>"), whose chain the reconciler
+    # must never restore into Redis.
+    runner: str | None = Field(default=None, max_length=128)
     next_slot: int = 0
     ticks_ok: int = 0
     ticks_failed: int = 0

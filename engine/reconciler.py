@@ -32,6 +32,7 @@ class Report:
     """What one pass did (also returned by the task, for tests and metrics)."""
 
     restored: int = 0  # mirror missing or behind the database: rebuilt and re-enqueued
+    fenced: int = 0  # a chain Redis runs but the database does not: stopped in Redis
     requeued: int = 0  # overdue and unclaimed: the same slot enqueued again
     advanced: int = 0  # claimed by a dead or finished tick that never moved on
     dispatched: int = 0  # parked long-interval slots that came due
@@ -51,7 +52,8 @@ def reconcile(rt: Runtime) -> Report:
     saturated = backlog > rt.settings.reconcile_backlog_limit
     if saturated:
         log.warning("reconcile.saturated", backlog=backlog)
-    for bot in coordinator.due(SCHEDULE, now - grace):
+    overdue = coordinator.due(SCHEDULE, now - grace)
+    for bot in _fence_unowned(rt, coordinator, overdue, report):
         _revive(rt, coordinator, bot, now, report, saturated)
     report.dispatched = dispatch(rt)
     if report.restored or report.requeued or report.advanced:
@@ -75,8 +77,8 @@ def _restore_mirrors(
             with rt.db.connect() as conn:
                 rows += conn.execute(_SCHEDULES, {"p_names": stale}).all()
     for bot in rows:
-        if bot.status != BotStatus.RUNNING.value:
-            continue  # stopped since the first read
+        if bot.status != BotStatus.RUNNING.value or bot.runner is not None:
+            continue  # stopped since the first read, or run by `botengine run`
         # Skip past any slot that may be in flight right now (due at or before now): its
         # claim may be lost with Redis, and running it twice is worse than missing it.
         slot = max(bot.next_slot, first_slot_after(bot.origin, bot.interval_s, now))
@@ -96,19 +98,68 @@ def _restore_mirrors(
 
 
 _bots = Bot.__table__  # type: ignore[attr-defined]
+# The fleet's running bots: a generation `botengine run` runs in its own process has no
+# chain in Redis, and must never be given one.
 _RUNNING = sa_select(_bots.c.name, _bots.c.generation).where(
-    _bots.c.status == BotStatus.RUNNING.value
+    _bots.c.status == BotStatus.RUNNING.value, _bots.c.runner.is_(None)
 )
 _SCHEDULES = sa_select(
     _bots.c.name,
     _bots.c.status,
     _bots.c.generation,
+    _bots.c.runner,
     _bots.c.next_slot,
     _bots.c.origin,
     _bots.c.interval_s,
 ).where(_bots.c.name.in_(bindparam("p_names", expanding=True)))
 # Bots whose mirrors Redis compares in one script call (one call blocks Redis for its run).
 _COMPARE_BATCH = 1000
+
+
+def _fence_unowned(
+    rt: Runtime, coordinator: RedisCoordinator, bots: list[str], report: Report
+) -> list[str]:
+    """Of the overdue bots in Redis's schedule, those the database runs on the fleet at
+    the mirrored generation; every other chain is stopped in Redis instead of revived.
+
+    Redis only mirrors the database. A chain it still runs after the database moved on
+    (a stop written while Redis was unreachable, a mirror restored from an old snapshot,
+    a bot `botengine run` took over) would otherwise be revived by this very pass, every
+    pass, and trade beside the real one.
+    """
+    if not bots:
+        return []
+    rows = {}
+    for start in range(0, len(bots), _COMPARE_BATCH):
+        with rt.db.connect() as conn:
+            names = bots[start : start + _COMPARE_BATCH]
+            rows.update({row.name: row for row in conn.execute(_SCHEDULES, {"p_names": names})})
+    owned = []
+    for bot in bots:
+        mirror = coordinator.mirror(bot)
+        if mirror is None or mirror.status != BotStatus.RUNNING.value:
+            owned.append(bot)  # _revive drops it from the schedule
+            continue
+        row = rows.get(bot)
+        if row is not None and row.status == BotStatus.RUNNING.value and row.runner is None:
+            if row.generation >= mirror.generation:
+                owned.append(bot)  # a newer generation is restored by _restore_mirrors
+            continue
+        status = BotStatus.STOPPED.value
+        if row is not None and row.status != BotStatus.RUNNING.value:
+            status = row.status
+        generation = max(mirror.generation, row.generation if row is not None else 0)
+        halted = Mirror(status, generation, mirror.origin, mirror.interval, 0)
+        if coordinator.publish(halted, bot, 0.0, parked=False):
+            report.fenced += 1
+            log.warning(
+                "reconcile.fenced",
+                bot=bot,
+                generation=mirror.generation,
+                database=None if row is None else f"{row.status}@{row.generation}",
+                runner=None if row is None else row.runner,
+            )
+    return owned
 
 
 def _revive(
@@ -215,7 +266,11 @@ def _move(
         session.execute(
             update(Bot)
             .where(col(Bot.name) == bot, col(Bot.generation) == generation)
-            .values(next_slot=slot, ticks_missed=Bot.ticks_missed + missed)
+            .values(
+                # Never backwards: a tick of the new slot may have recorded itself already.
+                next_slot=case((col(Bot.next_slot) < slot, slot), else_=col(Bot.next_slot)),
+                ticks_missed=Bot.ticks_missed + missed,
+            )
         )
     if not parked:
         rt.enqueue(bot, generation, slot, due)

@@ -49,6 +49,9 @@ class Runtime:
     enqueue: Enqueue
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
     clock: Callable[[], float] = time.time
+    # Who runs the chains this runtime ticks, as `bots.runner` records it: None for the
+    # fleet's workers, the foreground process's id in `botengine run`.
+    runner: str | None = None
     gateway_for: Callable[[BotConfig], Gateway] | None = None
     # Messages waiting in the tick queue (None: unknown); the reconciler backs off on it.
     backlog: Callable[[], int] | None = None

@@ -18,8 +18,9 @@ from engine import admission, notify, orders, prepared
 from engine import logging as elog
 from engine.config import BotConfig
 from engine.coordination import Mirror, Next, Verdict
+from engine.db import is_unavailable
 from engine.domain import MarketContext
-from engine.errors import ExchangeBannedError, FencedError, OperationalError
+from engine.errors import ExchangeBannedError, FencedError, OperationalError, SupersededError
 from engine.exchange.gateway import Gateway
 from engine.exchange.retry import time_budget
 from engine.models import Bot, BotStatus, StrategyState, Tick, TickOutcome, UtcDateTime
@@ -62,71 +63,161 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
     log.info("tick.started")
     outcome, error, sent, fatal = TickOutcome.OK, None, 0, False
     state: dict[str, Any] | None = None
+    superseded: SupersededError | None = None
     try:
+        # 1 again, against the authority: the database must still run this generation.
+        held = guard(rt, bot, generation)
         if not begin.lock:  # 3. another slot of this bot is still inside its run
             outcome, error = TickOutcome.SKIPPED, "previous tick still running"
         else:
             # Reads and rate-limit waits end well before the hard time limit.
             with time_budget(rt.settings.tick_time_limit_s * 0.8):
-                sent, state = trade(rt, bot, generation, slot, due)  # 4. run
+                sent, state = trade(rt, bot, generation, slot, due, held)  # 4. run
+    except SupersededError as exc:
+        superseded = exc
     except (FencedError, ExchangeBannedError) as exc:
         outcome, error = TickOutcome.SKIPPED, str(exc)
     except OperationalError as exc:
         outcome, error, fatal = TickOutcome.FAILED, str(exc), True
     except Exception as exc:  # noqa: BLE001 - a strategy or exchange failure never breaks the chain
-        outcome, error = TickOutcome.FAILED, f"{type(exc).__name__}: {exc}"
+        if is_unavailable(exc):  # not the bot's failure: it counts towards no error budget
+            outcome, error = TickOutcome.SKIPPED, f"database unavailable: {type(exc).__name__}"
+        else:
+            outcome, error = TickOutcome.FAILED, f"{type(exc).__name__}: {exc}"
     finally:
-        finished = rt.clock()
-        next_slot, missed = successor(mirror.origin, mirror.interval, slot, finished)
-        nxt = plan_next(rt, bot, mirror, next_slot)
-        done = TickRecord(
-            bot=bot,
-            generation=generation,
-            slot=slot,
-            due=due,
-            started=started,
-            finished=finished,
-            outcome=outcome,
-            error=error,
-            orders=sent,
-            next_slot=nxt.slot,
-            missed=missed,
-            state=state,
+        if superseded is not None:
+            drop_superseded(rt, bot, generation, slot, begin.lock, mirror, superseded)
+        else:
+            finished = rt.clock()
+            next_slot, missed = successor(mirror.origin, mirror.interval, slot, finished)
+            nxt = plan_next(rt, bot, mirror, next_slot)
+            done = TickRecord(
+                bot=bot,
+                generation=generation,
+                slot=slot,
+                due=due,
+                started=started,
+                finished=finished,
+                outcome=outcome,
+                error=error,
+                orders=sent,
+                next_slot=nxt.slot,
+                missed=missed,
+                state=state,
+            )
+            status = record_or_go_on(rt, done, fatal, begin.lock)  # 5. record
+            # 6. successor: claim done, lock released and next_slot compare-and-set at once.
+            plan = nxt if status == BotStatus.RUNNING else None
+            if rt.coordinator.complete(bot, generation, slot, begin.lock, plan):
+                send_successor(rt, bot, generation, nxt)
+            rt.tick_metrics.add(outcome.value, started - due, finished - started)
+            if status == BotStatus.ERROR:
+                retired = Mirror(status.value, generation, mirror.origin, mirror.interval, nxt.slot)
+                rt.coordinator.publish(retired, bot, 0.0, parked=False)
+                log.error("bot.error", reason=error)
+                notify.notify(
+                    notify.BOT_ERROR, bot=bot, generation=generation, slot=slot, error=error
+                )
+            log.info(
+                "tick.finished",
+                outcome=outcome.value,
+                error=error,
+                orders=sent,
+                duration_ms=round((finished - started) * 1000, 1),
+                missed=missed,
+            )
+    return None if superseded is not None else outcome
+
+
+_bots = Bot.__table__  # type: ignore[attr-defined]
+_states = StrategyState.__table__  # type: ignore[attr-defined]
+_GUARD = Prepared(
+    sa_select(_bots.c.status, _bots.c.generation, _bots.c.runner, _states.c.state)
+    .select_from(_bots.outerjoin(_states, _states.c.bot == _bots.c.name))
+    .where(_bots.c.name == bindparam("p_bot"))
+)
+
+
+def guard(rt: Runtime, bot: str, generation: int) -> dict[str, Any]:
+    """Step 1 against the database: it must still run `generation` of `bot`, here.
+
+    Redis decides in one round trip, but it only mirrors the database: a mirror written
+    back from an old state, or a chain that another runner (`botengine run`, the fleet)
+    left behind, would otherwise tick beside the real one. Raises SupersededError then.
+    Returns the strategy's persisted state, read by the same statement, so this check
+    costs the tick no extra statement.
+    """
+    with prepared.reading(rt.db) as conn:
+        row = conn.first(_GUARD, {"p_bot": bot})
+    if (
+        row is None
+        or row.status != BotStatus.RUNNING.value
+        or row.generation != generation
+        or row.runner != rt.runner
+    ):
+        where = "nowhere" if row is None else f"{row.status} at generation {row.generation}"
+        owner = "" if row is None or row.runner is None else f" by {row.runner}"
+        raise SupersededError(
+            f"the database holds bot {bot} as {where}{owner}, not running generation "
+            f"{generation} here",
+            None if row is None else row.status,
+            None if row is None else row.generation,
+            None if row is None else row.runner,
         )
-        try:
-            status = record(rt, done, fatal)  # 5. record
-        except BaseException:
-            # No record, no successor: free the slot and the bot; the reconciler moves on.
-            rt.coordinator.complete(bot, generation, slot, begin.lock, None)
+    return dict(row.state) if row.state is not None else {}
+
+
+def drop_superseded(
+    rt: Runtime,
+    bot: str,
+    generation: int,
+    slot: int,
+    lock: str,
+    mirror: Mirror,
+    exc: SupersededError,
+) -> None:
+    """End a chain the database no longer runs: no record, no successor, and Redis told
+    what the database holds, so the chain's other messages drop at the first guard and
+    the reconciler leaves it alone."""
+    rt.coordinator.complete(bot, generation, slot, lock, None)
+    if exc.generation is not None and exc.status is not None:
+        elsewhere = exc.status == BotStatus.RUNNING.value and exc.runner != rt.runner
+        if exc.status != BotStatus.RUNNING.value or elsewhere:
+            status = BotStatus.STOPPED.value if elsewhere else exc.status
+            truth = Mirror(status, exc.generation, mirror.origin, mirror.interval, 0)
+            rt.coordinator.publish(truth, bot, 0.0, parked=False)
+    log.warning("tick.dropped", reason="superseded", error=str(exc))
+
+
+def record_or_go_on(rt: Runtime, rec: TickRecord, fatal: bool, lock: str) -> BotStatus:
+    """Step 5, and what a failed record means for the chain.
+
+    With the database unreachable the chain goes on in Redis, unrecorded (the next
+    recorded tick counts the gap as missed), rather than stopping every bot until the
+    reconciler can revive it. Any other failure frees the slot and the bot without a
+    successor (the reconciler moves on) and propagates.
+    """
+    try:
+        return record(rt, rec, fatal)
+    except Exception as exc:
+        if not is_unavailable(exc):
+            rt.coordinator.complete(rec.bot, rec.generation, rec.slot, lock, None)
             raise
-        # 6. successor: claim done, lock released and next_slot compare-and-set at once.
-        plan = nxt if status == BotStatus.RUNNING else None
-        if rt.coordinator.complete(bot, generation, slot, begin.lock, plan):
-            send_successor(rt, bot, generation, nxt)
-        rt.tick_metrics.add(outcome.value, started - due, finished - started)
-        if status == BotStatus.ERROR:
-            retired = Mirror(status.value, generation, mirror.origin, mirror.interval, nxt.slot)
-            rt.coordinator.publish(retired, bot, 0.0, parked=False)
-            log.error("bot.error", reason=error)
-            notify.notify(notify.BOT_ERROR, bot=bot, generation=generation, slot=slot, error=error)
-        log.info(
-            "tick.finished",
-            outcome=outcome.value,
-            error=error,
-            orders=sent,
-            duration_ms=round((finished - started) * 1000, 1),
-            missed=missed,
-        )
-    return outcome
+        log.warning("tick.unrecorded", error=f"database unavailable: {type(exc).__name__}")
+        return BotStatus.RUNNING
+    except BaseException:
+        rt.coordinator.complete(rec.bot, rec.generation, rec.slot, lock, None)
+        raise
 
 
 def trade(
-    rt: Runtime, bot: str, generation: int, slot: int, due: float
+    rt: Runtime, bot: str, generation: int, slot: int, due: float, state: dict[str, Any]
 ) -> tuple[int, dict[str, Any] | None]:
     """Step 4: market data → strategy (pure) → risk → orders.
 
-    Returns the number of orders sent and the strategy's new state (None: unchanged),
-    which step 5 stores in the same transaction as the tick.
+    `state` is the strategy's persisted state (read by the guard). Returns the number
+    of orders sent and the strategy's new state (None: unchanged), which step 5 stores
+    in the same transaction as the tick.
     """
     setup = bot_setup(rt, bot, generation)
     gateway, strategy = setup.gateway, setup.strategy
@@ -149,7 +240,6 @@ def trade(
         open_orders=tuple(still_open),
         rules=rules,
     )
-    state = load_state(rt, bot)
     decision = strategy.decide(ctx, state)
     checked = apply_risk(decision.intents, ctx, setup.risk)
     for intent, reason in checked.dropped:
@@ -201,8 +291,6 @@ def _ts(epoch: float) -> datetime:
 
 # Step 5's statements, prepared once: Core's per-execute machinery costs more CPU than
 # SQLite running them (see engine.prepared).
-_bots = Bot.__table__  # type: ignore[attr-defined]
-_states = StrategyState.__table__  # type: ignore[attr-defined]
 _TICK_COLUMNS = (
     "bot",
     "generation",
@@ -217,21 +305,24 @@ _TICK_COLUMNS = (
     "orders",
     "worker",
 )
-# The bot's schedule still points at this tick's slot.
-_OWNS_POINTER = (_bots.c.generation == bindparam("p_gen")) & (
-    _bots.c.next_slot == bindparam("p_slot")
-)
+# The bot's schedule points at this tick's slot, or behind it: at slots whose ticks ran
+# while the database was unreachable, unrecorded (they count as missed).
+_OWNS_POINTER = _bots.c.next_slot <= bindparam("p_slot")
 _INSERT_TICK = Prepared(insert(Tick.__table__), columns=_TICK_COLUMNS)  # type: ignore[attr-defined]
 _UPDATE_BOT = Prepared(
     update(_bots)
-    .where(_bots.c.name == bindparam("p_name"))
+    .where(_bots.c.name == bindparam("p_name"), _bots.c.generation == bindparam("p_gen"))
     .values(
         ticks_ok=_bots.c.ticks_ok + bindparam("p_ok"),
         ticks_failed=_bots.c.ticks_failed + bindparam("p_failed"),
         # The gap up to the successor, unless the chain was moved past this slot while it
         # ran (a reconciler that took this tick for dead counts its own gap): the SET
         # expressions all read the row as it was before this update.
-        ticks_missed=_bots.c.ticks_missed + case((_OWNS_POINTER, bindparam("p_missed")), else_=0),
+        ticks_missed=_bots.c.ticks_missed
+        + case(
+            (_OWNS_POINTER, bindparam("p_missed") + bindparam("p_slot") - _bots.c.next_slot),
+            else_=0,
+        ),
         orders_sent=_bots.c.orders_sent + bindparam("p_orders"),
         consecutive_failures=case(
             (bindparam("p_failed") == 1, _bots.c.consecutive_failures + 1), else_=0
@@ -239,7 +330,7 @@ _UPDATE_BOT = Prepared(
         last_error=func.coalesce(bindparam("p_error", type_=String), _bots.c.last_error),
         last_tick_at=bindparam("p_at", type_=UtcDateTime()),
         updated_at=bindparam("p_at", type_=UtcDateTime()),
-        # Nor does it move a pointer a newer generation or a reconciler moved on.
+        # Nor does it move a pointer a reconciler moved on.
         next_slot=case((_OWNS_POINTER, bindparam("p_next")), else_=_bots.c.next_slot),
     )
     .returning(_bots.c.status, _bots.c.generation, _bots.c.consecutive_failures)
@@ -401,11 +492,3 @@ def bot_setup(rt: Runtime, bot: str, generation: int) -> Setup:
 _LOAD_CONFIG = sa_select(_bots.c.generation, _bots.c.config).where(
     _bots.c.name == bindparam("p_name")
 )
-_LOAD_STATE = Prepared(sa_select(_states.c.state).where(_states.c.bot == bindparam("p_bot")))
-
-
-def load_state(rt: Runtime, bot: str) -> dict[str, Any]:
-    """The strategy's persisted state for this bot ({} before its first save)."""
-    with prepared.reading(rt.db) as conn:
-        state = conn.scalar(_LOAD_STATE, {"p_bot": bot})
-    return dict(state) if state is not None else {}

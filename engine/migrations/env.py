@@ -9,6 +9,7 @@ import engine.models  # noqa: F401 - registers the tables on SQLModel.metadata
 from engine.db import make_engine
 
 config = context.config
+MIGRATION_LOCK_ID = 0x626F7465  # "bote": the advisory lock every migrating process takes
 target_metadata = SQLModel.metadata
 
 
@@ -24,6 +25,10 @@ def run() -> None:
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Workers, beat, the API and the CLI all migrate at start: one at a time,
+                # each reading the version table only once the previous one committed.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
             context.run_migrations()
 
 
