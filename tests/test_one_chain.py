@@ -145,9 +145,7 @@ def test_a_chain_the_database_no_longer_runs_is_dropped_and_fenced(engine: Engin
     # unreachable, a restored snapshot: Redis still mirrors it as running)
     with session_scope(engine.rt.db) as session:
         session.execute(
-            update(Bot)
-            .where(col(Bot.name) == "ghost")
-            .values(status="stopped", generation=gen + 1)
+            update(Bot).where(col(Bot.name) == "ghost").values(status="stopped", generation=gen + 1)
         )
     # Then its chain ends at the next tick's database guard, and Redis is told
     assert wait_for(lambda: engine.rt.coordinator.generation("ghost") is None, 15)
