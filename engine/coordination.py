@@ -23,6 +23,7 @@ from engine.errors import BrokerUnavailableError
 
 SCHEDULE = "schedule"  # zset: running bot -> due time of its next slot
 PARKED = "parked"  # zset: bots whose next slot is too far away for an ETA message
+WORKERS = "workers"  # zset: worker process -> when its heartbeat expires
 
 
 def bot_key(bot: str) -> str:
@@ -479,9 +480,28 @@ class RedisCoordinator:
         value: bytes | None = self.redis.get(claim_key(bot, generation, slot))  # type: ignore[assignment]
         return value.decode() if value is not None else None
 
-    def heartbeat(self, worker: str, ttl_s: int) -> None:
-        """Announce that a worker process is alive for the next `ttl_s` seconds."""
-        self.redis.set(worker_key(worker), "1", ex=ttl_s)
+    def heartbeat(self, worker: str, ttl_s: int, queues: tuple[str, ...] = ()) -> None:
+        """Announce that a worker process is alive for the next `ttl_s` seconds, and which
+        queues it consumes (the fleet's health asks whether anyone reads the ticks)."""
+        now = time.time()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(worker_key(worker), ",".join(queues) or "-", ex=ttl_s)
+        pipe.zadd(WORKERS, {worker: now + ttl_s})
+        pipe.zremrangebyscore(WORKERS, "-inf", now - 3600)
+        pipe.execute()
+
+    def workers(self) -> dict[str, tuple[str, ...]]:
+        """Every worker process whose heartbeat is alive, with the queues it consumes."""
+        members: list[bytes] = self.redis.zrangebyscore(WORKERS, time.time(), "+inf")  # type: ignore[assignment]
+        ids = [m.decode() for m in members]
+        if not ids:
+            return {}
+        values: list[bytes | None] = self.redis.mget([worker_key(w) for w in ids])  # type: ignore[assignment]
+        return {
+            w: tuple(q for q in v.decode().split(",") if q and q != "-")
+            for w, v in zip(ids, values, strict=True)
+            if v is not None
+        }
 
     def alive(self, worker: str) -> bool:
         """True while the worker's heartbeat has not expired."""

@@ -196,14 +196,45 @@ def _histogram(name: str, doc: str, raw: dict[bytes, bytes]) -> HistogramMetricF
 class EngineCollector(Collector):
     """Renders the Redis-held counters and the database gauges at scrape time."""
 
-    def __init__(self, redis: redis_lib.Redis, db: Engine) -> None:
+    def __init__(
+        self, redis: redis_lib.Redis, db: Engine, fleet: Callable[[], Any] | None = None
+    ) -> None:
         self.redis = redis
         self.db = db
+        self.fleet = fleet
 
     def collect(self) -> Iterator[Metric]:
         """Yield every engine metric (a failing store is reported, not raised)."""
         yield from self._from_redis()
         yield from self._from_db()
+        if self.fleet is not None:
+            yield from self._from_fleet(self.fleet)
+
+    def _from_fleet(self, fleet: Callable[[], Any]) -> Iterator[Metric]:
+        try:
+            health = fleet()  # an engine.health.FleetHealth
+        except Exception as exc:  # noqa: BLE001 - the stores' own gauges say which failed
+            log.warning("metrics.fleet_unavailable", error=str(exc))
+            return
+        ok = GaugeMetricFamily("botengine_fleet_ok", "1 when the fleet is ticking (healthz)")
+        ok.add_metric([], int(health.ok))
+        yield ok
+        stalled = GaugeMetricFamily(
+            "botengine_fleet_stalled_bots", "Running bots whose last tick is several intervals old"
+        )
+        stalled.add_metric([], health.stalled)
+        yield stalled
+        workers = GaugeMetricFamily(
+            "botengine_worker_processes", "Worker processes with a live heartbeat"
+        )
+        workers.add_metric([], health.workers)
+        yield workers
+        consumers = GaugeMetricFamily(
+            "botengine_queue_consumers", "Live worker processes consuming a queue", labels=["queue"]
+        )
+        for queue in sorted({"ticks", "maintenance", *health.consumers}):
+            consumers.add_metric([queue], health.consumers.get(queue, 0))
+        yield consumers
 
     def _from_redis(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -300,10 +331,17 @@ def _rate_limit(raw: dict[bytes, bytes]) -> Sequence[Metric]:
     return [count, total]
 
 
-def render(redis: redis_lib.Redis, db: Engine, *, process: bool = True) -> bytes:
-    """The Prometheus text exposition: engine metrics plus this process's own."""
+def render(
+    redis: redis_lib.Redis,
+    db: Engine,
+    *,
+    process: bool = True,
+    fleet: Callable[[], Any] | None = None,
+) -> bytes:
+    """The Prometheus text exposition: engine metrics plus this process's own, and the
+    fleet's health when `fleet` (engine.health.fleet_health, bound) is given."""
     registry = CollectorRegistry()
-    registry.register(EngineCollector(redis, db))
+    registry.register(EngineCollector(redis, db, fleet))
     if process:
         from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 

@@ -16,6 +16,7 @@ from sqlalchemy import bindparam, case, update
 from sqlalchemy import select as sa_select
 from sqlmodel import col
 
+from engine import health
 from engine.coordination import SCHEDULE, Mirror, RedisCoordinator
 from engine.db import session_scope
 from engine.dispatcher import dispatch
@@ -56,8 +57,11 @@ def reconcile(rt: Runtime) -> Report:
     for bot in _fence_unowned(rt, coordinator, overdue, report):
         _revive(rt, coordinator, bot, now, report, saturated)
     report.dispatched = dispatch(rt)
-    if report.restored or report.requeued or report.advanced:
+    if report.restored or report.fenced or report.requeued or report.advanced:
         log.info("reconcile.done", **report.__dict__)
+    # The pass runs every few seconds on a worker: the natural place to notice that the
+    # fleet stopped ticking (healthz notices too, for when no worker runs this).
+    health.watch(rt.redis, health.fleet_health(rt, now))
     return report
 
 

@@ -155,11 +155,12 @@ def get_runtime() -> Runtime:
 _heartbeat_pid: int | None = None
 
 
-def start_heartbeat(runtime: Runtime) -> None:
+def start_heartbeat(runtime: Runtime, queues: tuple[str, ...] = ()) -> None:
     """Keep this worker process's heartbeat alive (once per process).
 
     The reconciler treats a slot claimed by a process without a heartbeat as abandoned,
     so a SIGKILLed worker's bots resume within seconds instead of a task time limit.
+    The heartbeat names the queues the process consumes (engine.health).
     """
     global _heartbeat_pid
     coordinator = runtime.coordinator
@@ -171,9 +172,9 @@ def start_heartbeat(runtime: Runtime) -> None:
         while True:
             # Redis down: the claims are gone too, and the reconciler resyncs afterwards.
             with suppress(redis.RedisError):
-                coordinator.heartbeat(runtime.worker_id, HEARTBEAT_TTL_S)
+                coordinator.heartbeat(runtime.worker_id, HEARTBEAT_TTL_S, queues)
             runtime.tick_metrics.flush()  # an idle worker's last ticks show too
             time.sleep(HEARTBEAT_EVERY_S)
 
-    coordinator.heartbeat(runtime.worker_id, HEARTBEAT_TTL_S)
+    coordinator.heartbeat(runtime.worker_id, HEARTBEAT_TTL_S, queues)
     threading.Thread(target=beat, name="botengine-heartbeat", daemon=True).start()

@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import Task, signals
 
-from engine.celery_app import app
+from engine.celery_app import app, consumed_queues
 from engine.runtime import get_runtime, start_heartbeat
 
 
@@ -78,7 +78,7 @@ def _preload(**_: Any) -> None:
 @signals.worker_process_init.connect
 def _on_process_start(**_: Any) -> None:
     """Start this process's heartbeat, so the reconciler can tell it is alive."""
-    start_heartbeat(get_runtime())
+    start_heartbeat(get_runtime(), tuple(consumed_queues(app)))
 
 
 @signals.worker_process_shutdown.connect
@@ -90,13 +90,21 @@ def _on_shutdown(**_: Any) -> None:
 
 @signals.worker_ready.connect
 def _on_worker_ready(**_: Any) -> None:
-    """Heartbeat, the parked-slot dispatcher, and settle orders a crashed predecessor
-    may have left open or unknown."""
+    """Migrate, heartbeat, the parked-slot dispatcher, and settle orders a crashed
+    predecessor may have left open or unknown."""
     from engine import dispatcher  # lazy: as above
+    from engine.db import migrate
+    from engine.logging import get_logger
 
     rt = get_runtime()
-    start_heartbeat(rt)
+    start_heartbeat(rt, tuple(consumed_queues(app)))
     dispatcher.start(rt)
+    try:
+        # A worker started on a fresh database (before any CLI or API ran) has no tables.
+        migrate(rt.settings.database_url)
+    except Exception as exc:  # noqa: BLE001 - ticks report the database on their own
+        get_logger("engine.worker").error("worker.migrate_failed", error=str(exc))
+        return
     reconcile_orders.delay()
 
 

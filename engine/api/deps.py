@@ -5,22 +5,29 @@ Tests replace `get_rt` and `get_dispatcher` through `app.dependency_overrides`.
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 from functools import lru_cache
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from engine.api.dispatch import BrokerProbe, Dispatcher
 from engine.api.errors import ApiError
+from engine.api.gate import refusal, token_ok
 from engine.runtime import Runtime, get_runtime
 
 
 def get_rt() -> Runtime:
     """The process's runtime (Redis, database, coordinator, enqueue)."""
     return get_runtime()
+
+
+def app_runtime(app: FastAPI) -> Runtime:
+    """The runtime `app`'s routes get (tests override `get_rt`), for code outside routes:
+    middleware, and async endpoints that must not wait for a thread of the pool."""
+    provider = app.dependency_overrides.get(get_rt, get_rt)
+    rt: Runtime = provider()
+    return rt
 
 
 @lru_cache(maxsize=1)
@@ -34,18 +41,6 @@ def get_dispatcher() -> Dispatcher:
 _bearer = HTTPBearer(auto_error=False, description="API_TOKEN")
 
 
-def is_loopback(host: str | None) -> bool:
-    """True for 127.0.0.0/8, ::1 and `localhost`."""
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -56,20 +51,11 @@ def require_token(
     Without a configured token only loopback clients are served: `serve` refuses any
     other bind address then, and this guards an app started by plain uvicorn too.
     """
-    token = rt.settings.api_token
-    unauthorized = {"WWW-Authenticate": "Bearer"}
-    if token is None:
-        if is_loopback(request.client.host if request.client else None):
-            return
+    given = f"Bearer {credentials.credentials}" if credentials is not None else None
+    if not token_ok(rt.settings, given, request.client.host if request.client else None):
         raise ApiError(
-            401,
-            "unauthorized",
-            "API_TOKEN is not set: only loopback clients are served",
-            headers=unauthorized,
+            401, "unauthorized", refusal(rt.settings), headers={"WWW-Authenticate": "Bearer"}
         )
-    given = credentials.credentials if credentials is not None else ""
-    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
-        raise ApiError(401, "unauthorized", "missing or wrong bearer token", headers=unauthorized)
 
 
 RtDep = Annotated[Runtime, Depends(get_rt)]

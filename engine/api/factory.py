@@ -11,7 +11,8 @@ from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
 from engine.api import bots, errors, ops, tasks
-from engine.api.deps import require_token
+from engine.api.deps import app_runtime, require_token
+from engine.api.gate import Gate
 
 API_PREFIX = "/api/v1"
 
@@ -46,12 +47,15 @@ def create_app(*, migrate: bool = True) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.state.health_cache = ops.HealthCache()
     auth = [Depends(require_token)]
     app.include_router(bots.router, prefix=API_PREFIX, dependencies=auth)
     app.include_router(tasks.router, prefix=API_PREFIX, dependencies=auth)
     app.include_router(ops.health_router)
     app.include_router(ops.router)
     errors.install(app)
+    # Outermost: bodies bounded and tokens checked before anything reads a request.
+    app.add_middleware(Gate, settings=lambda: app_runtime(app).settings)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

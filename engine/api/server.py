@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.api.deps import is_loopback
+from engine.api.gate import is_loopback
 from engine.errors import ConfigError
 
 
@@ -35,4 +35,6 @@ def serve(host: str, port: int) -> None:
         access_log=True,
         proxy_headers=False,
         server_header=False,
+        # SIGTERM ends the server within this, even with requests still hanging on.
+        timeout_graceful_shutdown=10,
     )
