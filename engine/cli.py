@@ -101,14 +101,34 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Bot YAML files")]
 def start_bot(file: Annotated[Path, typer.Argument(help="Bot YAML file")]) -> None:
     """Start a bot (idempotent; a changed config takes effect from the next slot)."""
     from engine.config import load_bot_config
+    from engine.health import NO_TICK_CONSUMER
     from engine.lifecycle import start
 
     try:
         config = load_bot_config(file)
     except BotConfigError as exc:
         raise _fail(str(exc)) from None
-    result = start(_runtime(), config, source=str(file))
+    rt = _runtime()
+    try:
+        result = start(rt, config, source=str(file))
+    except BotEngineError as exc:
+        raise _fail(f"error: {exc}") from None
     out.print(f"{result.bot}: {result.change.value} (generation {result.generation})")
+    _warn_unhealthy(rt, only=(NO_TICK_CONSUMER,))
+
+
+def _warn_unhealthy(rt: Any, only: tuple[str, ...] | None = None) -> None:
+    """Say on stderr why the fleet is not ticking, if it is not (engine.health)."""
+    from engine.health import fleet_health
+
+    try:
+        health = fleet_health(rt)
+    except Exception as exc:  # noqa: BLE001 - a warning must not fail the command
+        err.print(f"warning: cannot check the fleet's health: {exc}", markup=False)
+        return
+    for code, reason in health.reasons.items():
+        if only is None or code in only:
+            err.print(f"warning: {reason}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _bot_name(name_or_file: str) -> str:
@@ -168,6 +188,7 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
         "failed",
         "missed",
         "orders",
+        "reason",
     )
     for r in rows:
         table.add_row(
@@ -181,6 +202,8 @@ def status_table(rows: list[dict[str, Any]]) -> Table:
             str(r["ticks_failed"]),
             str(r["ticks_missed"]),
             str(r["orders"]),
+            # Why a bot is in error or paused; a running bot's last error is history.
+            (r["last_error"] or "")[:80] if r["status"] in ("error", "paused") else "",
         )
     return table
 
@@ -196,13 +219,32 @@ def _engine() -> Any:
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False) -> None:
-    """Show every bot: status, generation, schedule and counters."""
+    """Show every bot: status, generation, schedule and counters, and a warning on stderr
+    when the fleet is not ticking (no worker reads the tick queue, stalled bots)."""
     with Session(_engine()) as session:
         rows = [bot_summary(b) for b in session.exec(select(Bot).order_by(Bot.name))]
     if as_json:
         out.print_json(json.dumps(rows))
     else:
         out.print(status_table(rows))
+    if any(r["status"] == "running" for r in rows):
+        _warn_unhealthy(_health_runtime())
+
+
+def _health_runtime() -> Any:
+    """A runtime for the health check; without Redis only the stalled bots are checked."""
+    import dataclasses
+
+    from engine.embedded import reachable
+    from engine.inprocess import MemoryCoordinator
+    from engine.runtime import get_runtime
+    from engine.settings import get_settings
+
+    rt = get_runtime()
+    if not reachable(get_settings().redis_url):
+        err.print("warning: Redis cannot be reached: no bot can tick", markup=False)
+        return dataclasses.replace(rt, coordinator=MemoryCoordinator(), redis=None)
+    return rt
 
 
 @app.command()

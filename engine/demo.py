@@ -103,13 +103,14 @@ def _drive(
     started = time.monotonic()
     header = Text.from_markup(
         f"[bold]botengine demo[/] — {len(configs)} paper bots on the loopback simulator. "
-        f"API: http://127.0.0.1:{api_port}/docs (token {token}). Logs: {workdir}/. "
+        f"API: http://127.0.0.1:{api_port}/api/v1/bots with `Authorization: Bearer {token}` "
+        f"(OpenAPI document: /api/v1/openapi.json). Logs: {workdir}/. "
         "Ctrl-C stops everything.\n"
     )
     with Live(console=console, refresh_per_second=2, transient=False) as live:
         while not stop.wait(1.0):
             children.check()
-            live.update(Group(header, _table(rt)))
+            live.update(Group(header, _table(rt), _warning(rt)))
             if duration is not None and time.monotonic() - started >= duration:
                 break
     for config in configs:
@@ -117,9 +118,10 @@ def _drive(
     rows = _rows(rt)
     console.print(_table(rt))
     idle = [r["name"] for r in rows if r["ticks_ok"] == 0 or r["orders"] == 0]
-    if duration is not None and idle:
+    if idle:
         console.print(f"[red]not every bot ticked and traded: {', '.join(idle)}[/]")
-        return 1
+        # Ctrl-C is the operator's choice, not a failure; a bounded run is a check.
+        return 1 if duration is not None else 0
     console.print(
         f"[green]every bot ticked and traded[/] ({sum(r['ticks_ok'] for r in rows)} "
         f"ticks, {sum(r['orders'] for r in rows)} orders)"
@@ -135,6 +137,17 @@ def _rows(rt: Any) -> list[dict[str, Any]]:
 
     with Session(rt.db) as session:
         return [bot_summary(b) for b in session.exec(select(Bot).order_by(Bot.name))]
+
+
+def _warning(rt: Any) -> Text:
+    """A red line saying why the fleet is not ticking, or nothing."""
+    from engine.health import fleet_health
+
+    try:
+        reasons = list(fleet_health(rt).reasons.values())
+    except Exception as exc:  # noqa: BLE001 - shown, not raised: the table goes on
+        reasons = [f"cannot check the fleet's health: {exc}"]
+    return Text("\n".join(f"warning: {r}" for r in reasons), style="bold red")
 
 
 def _table(rt: Any) -> Any:

@@ -37,7 +37,7 @@ log = get_logger("engine.health")
 TICK_QUEUE = "ticks"  # engine.celery_app.TICK_QUEUE (not imported: it builds the Celery app)
 STALL_INTERVALS = 2
 """A bot is stalled once its last tick is this many intervals old, plus the grace."""
-STALLED_KEY = "fleet:stalled"  # the reason codes of the episode being reported
+STALLED_KEY = "fleet:stalled"  # set while a stalled episode is reported: its first reasons
 SAMPLE = 5  # bots named in a reason
 
 
@@ -164,15 +164,14 @@ def fleet_health(rt: Runtime, now: float | None = None) -> FleetHealth:
 def watch(client: redis.Redis | None, health: FleetHealth) -> None:
     """Log (and notify) a stalled fleet once per episode, and its recovery.
 
-    An episode is one set of reason codes: the first process to see it writes it to
-    Redis and reports; others seeing the same codes stay quiet.
+    The first process to see the episode start marks it in Redis and reports it; later
+    passes (of any process) stay quiet until the fleet ticks again, whatever reasons
+    join in meanwhile: one page per incident, not one per reconciler pass.
     """
     if client is None:
         return
-    codes = ",".join(sorted(health.reasons))
-    if codes:
-        previous: bytes | None = client.getset(STALLED_KEY, codes)  # type: ignore[assignment]
-        if previous is None or previous.decode() != codes:
+    if health.reasons:
+        if client.set(STALLED_KEY, ",".join(sorted(health.reasons)), nx=True):
             log.error(
                 "fleet.stalled",
                 running=health.running,
