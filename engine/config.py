@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -264,9 +265,11 @@ def parse_bot_config(
                     continue  # reported as an inline secret
                 message = "unknown key"
             problems.add(loc, message)
+    _policy_problems(
+        _Outbound.of(config, data), problems, settings, check_credentials=check_credentials
+    )
     if config is not None:
         _strategy_problems(config, problems, allow_custom=allow_custom)
-        _policy_problems(config, problems, settings, check_credentials=check_credentials)
         if expect_name is not None and config.name != expect_name:
             problems.add(("name",), f"{config.name!r} does not match {expect_name!r} in the URL")
     problems.raise_any()
@@ -308,26 +311,56 @@ def _strategy_problems(config: BotConfig, problems: _Problems, *, allow_custom: 
             problems.add(("strategy", "params", *err["loc"]), message)
 
 
+@dataclass(frozen=True)
+class _Outbound:
+    """The fields the operator's rules look at."""
+
+    base_url: str | None
+    options: dict[str, Any]
+    credentials: str | None
+    live: bool
+
+    @classmethod
+    def of(cls, config: BotConfig | None, data: dict[Any, Any]) -> _Outbound:
+        """From the validated config; from the data where validation failed elsewhere,
+        so a refusal is reported with the other problems (it never permits anything:
+        an invalid config is refused anyway)."""
+        if config is not None:
+            creds = config.credentials if isinstance(config.credentials, str) else None
+            return cls(config.base_url, config.exchange_options, creds, config.mode == "live")
+        base_url, options, creds = (
+            data.get(k) for k in ("base_url", "exchange_options", "credentials")
+        )
+        return cls(
+            base_url if isinstance(base_url, str) else None,
+            options if isinstance(options, dict) else {},
+            creds if isinstance(creds, str) else None,
+            data.get("mode") == "live",
+        )
+
+
 def _policy_problems(
-    config: BotConfig, problems: _Problems, settings: Settings | None, *, check_credentials: bool
+    fields: _Outbound, problems: _Problems, settings: Settings | None, *, check_credentials: bool
 ) -> None:
     """The operator's rules: outbound allow-lists and declared credential sets."""
-    needs_creds = check_credentials and isinstance(config.credentials, str)
-    if config.base_url is None and not config.exchange_options and not needs_creds:
+    check_creds = check_credentials and fields.live and fields.credentials is not None
+    if fields.base_url is None and not fields.options and not check_creds:
         return  # nothing to check: do not require valid settings to validate a file
     if settings is None:
         from engine.settings import get_settings
 
         settings = get_settings()
     policy = settings.outbound_policy()
-    if config.base_url is not None and (problem := policy.base_url_problem(config.base_url)):
+    if fields.base_url is not None and (problem := policy.base_url_problem(fields.base_url)):
         problems.add(("base_url",), problem)
-    for path, message in policy.option_problems(config.exchange_options):
+    for path, message in policy.option_problems(fields.options):
         problems.add(("exchange_options", *path), message)
-    if needs_creds and config.mode == "live":
-        assert isinstance(config.credentials, str)
-        if problem := settings.credential_store().problem(config.credentials):
-            problems.add(("credentials",), problem)
+    if (
+        check_creds
+        and fields.credentials is not None
+        and (problem := settings.credential_store().problem(fields.credentials))
+    ):
+        problems.add(("credentials",), problem)
 
 
 def load_bot_config(

@@ -237,10 +237,12 @@ def resolve_plain(text: str, line: int, path: Path) -> Any:
 
 
 def check_number(number: int | float, line: int, path: Path) -> int | float:
-    """`number` if finite and within 64-bit integers' range, else a DocumentError."""
-    if isinstance(number, float) and not math.isfinite(number):
-        raise DocumentError(line, field_name(path), "must be a finite number")
-    if abs(number) > MAX_INT:
+    """`number` if a finite float or an integer within 64 bits, else a DocumentError.
+    (Ranges that make sense for a field are the config model's business.)"""
+    if isinstance(number, float):
+        if not math.isfinite(number):
+            raise DocumentError(line, field_name(path), "must be a finite number")
+    elif abs(number) > MAX_INT:
         raise DocumentError(line, field_name(path), f"number out of range (at most {MAX_INT})")
     return number
 
@@ -256,6 +258,10 @@ def parse_yaml(text: str, limits: Limits = LIMITS) -> Document:
         mark = exc.problem_mark or exc.context_mark
         line = 1 if mark is None else int(mark.line) + 1
         problem = exc.problem or str(exc).splitlines()[0]
+        if "nesting depth" in problem:  # libyaml's own limit, read ahead of our events
+            raise DocumentError(
+                line, "(file)", f"nested too deeply (at most {limits.max_depth} levels)"
+            ) from None
         raise DocumentError(line, "(file)", f"invalid YAML: {problem}") from None
     except (yaml.YAMLError, UnicodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
