@@ -48,14 +48,17 @@ class Listener:
 
 
 @contextmanager
-def listener() -> Iterator[Listener]:
-    """A recording listener on 127.0.0.1 (a port no allow-list in these tests names)."""
+def listener(redirect_to: str | None = None) -> Iterator[Listener]:
+    """A recording listener on 127.0.0.1 (a port no allow-list in these tests names),
+    answering 404, or 302 to `redirect_to`."""
     seen: list[dict[str, Any]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def _record(self) -> None:
             seen.append({"method": self.command, "path": self.path, "headers": dict(self.headers)})
-            self.send_response(404)
+            self.send_response(404 if redirect_to is None else 302)
+            if redirect_to is not None:
+                self.send_header("Location", redirect_to + self.path)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -390,6 +393,24 @@ def test_an_allowed_base_url_gets_the_declared_key_and_nothing_else(
         assert all(
             rt.settings.api_token.get_secret_value() not in json.dumps(r) for r in sink.requests
         )
+
+
+def test_an_allowed_origin_cannot_redirect_signed_requests_elsewhere(
+    redis_url: str, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an allowed origin that redirects every request to another listener
+    monkeypatch.setenv("BOTENGINE_CRED_F4_MAIN_KEY", "declared-key-4567")
+    monkeypatch.setenv("BOTENGINE_CRED_F4_MAIN_SECRET", "declared-secret-4567")
+    clear_clients()
+    with listener() as sink, listener(redirect_to=sink.url) as hop:
+        rt = _runtime(redis_url, db_url, allowed_base_urls=[hop.url])
+        _store(rt, "hop", _stored("hop", credentials="f4-main", base_url=hop.url))
+        gateway = bot_setup(rt, "hop", 0).gateway
+        # When the bot reads its balances, the redirect is not followed
+        with pytest.raises(ExchangeError):
+            gateway.fetch_balances()
+        assert hop.requests
+        assert sink.requests == []
 
 
 def test_stored_inline_secrets_are_masked_in_the_bot_detail(api: SecApi) -> None:

@@ -136,9 +136,9 @@ def rewrite_urls(urls: Any, base_url: str) -> Any:
 def build_exchange(spec: ClientSpec) -> Any:
     """A fresh ccxt instance for `spec` (no network access).
 
-    Whatever the options say, keys come only from the spec (a declared credential set)
-    and `verbose` is off: ccxt's verbose mode prints signed URLs and request bodies,
-    which ended up in error-level worker log lines.
+    Whatever the options say, keys come only from the spec (a declared credential set),
+    `verbose` is off (ccxt's verbose mode printed signed URLs and request bodies into
+    error-level worker log lines) and HTTP redirects are not followed.
     """
     inline = sorted(key for key in spec.options if is_secret_key(key))
     if inline:
@@ -160,6 +160,9 @@ def build_exchange(spec: ClientSpec) -> Any:
             config["password"] = spec.password
     exchange = getattr(ccxt, ccxt_class_id(spec.exchange_id))(config)
     exchange.verbose = False
+    # No exchange API redirects; following one would carry the key header (requests
+    # drops only Authorization on a cross-host redirect) to wherever it points.
+    exchange.session.max_redirects = 0
     if spec.sandbox:
         exchange.set_sandbox_mode(True)
     if spec.base_url:
