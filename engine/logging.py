@@ -20,6 +20,8 @@ from structlog.typing import EventDict, Processor
 _SECRET_KEY = re.compile(r"(secret|password|passwd|token|api_?key|authorization|signature)", re.I)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
 _REDACTED = "***"
+SHORT_SECRET = 8
+"""Registered secrets shorter than this are redacted only as whole words."""
 
 
 @lru_cache(maxsize=4096)
@@ -36,14 +38,35 @@ class SecretRedactor:
     """
 
     def __init__(self) -> None:
-        self._values: set[str] = set()
+        # Replaced, never mutated: every log line iterates them without the lock.
+        self._values: frozenset[str] = frozenset()
+        self._short: frozenset[str] = frozenset()
+        self._short_pattern: re.Pattern[str] | None = None
         self._lock = threading.Lock()
 
     def add(self, *values: str | None) -> None:
-        """Register secret values to hide wherever they appear (short values are ignored)."""
+        """Register secret values to hide wherever they appear, whatever their length.
+
+        A value shorter than `SHORT_SECRET` characters is hidden only where it stands
+        alone (not inside a longer word or number): replacing every `ab` in every line
+        would make logs unreadable, yet a short password must still never be printed.
+        Settings refuse short API tokens, so this only concerns secrets the engine does
+        not choose (URL passwords, exchange keys).
+        """
         with self._lock:
-            # Very short strings would redact innocent text; real secrets are long.
-            self._values |= {v for v in values if v and len(v) >= 6}
+            for value in values:
+                if not value:
+                    continue
+                if len(value) >= SHORT_SECRET:
+                    self._values = self._values | {value}
+                elif value not in self._short:
+                    self._short = self._short | {value}
+                    alternatives = "|".join(
+                        re.escape(v) for v in sorted(self._short, key=len, reverse=True)
+                    )
+                    self._short_pattern = re.compile(
+                        rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])"
+                    )
 
     def redact_text(self, text: str) -> str:
         """Return `text` with URL passwords and registered secret values replaced."""
@@ -52,6 +75,9 @@ class SecretRedactor:
         for value in self._values:
             if value in text:
                 text = text.replace(value, _REDACTED)
+        short = self._short_pattern
+        if short is not None:
+            text = short.sub(_REDACTED, text)
         return text
 
     def _clean(self, key: str, value: Any) -> Any:

@@ -22,16 +22,20 @@ _EPS = 1e-9
 class RiskLimits(BaseModel):
     """Per-bot limits; None switches a limit off."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Finite and bounded: `.inf` or 1e308 validated, then overflowed in every tick.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_position: float | None = Field(
-        default=None, gt=0, description="most base currency the bot may hold or have bid for"
+        default=None,
+        gt=0,
+        le=1e12,
+        description="most base currency the bot may hold or have bid for",
     )
     max_orders_per_tick: int | None = Field(
-        default=5, ge=0, description="most orders sent in one tick (None: no limit)"
+        default=5, ge=0, le=10_000, description="most orders sent in one tick (None: no limit)"
     )
     max_order_quote: float | None = Field(
-        default=None, gt=0, description="largest order notional in quote currency"
+        default=None, gt=0, le=1e12, description="largest order notional in quote currency"
     )
 
 

@@ -7,13 +7,23 @@ surfacing later as an odd runtime error deep inside a tick.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from engine.credentials import CredentialStore
 from engine.errors import ConfigError
+from engine.outbound import DEFAULT_ALLOWED_BASE_URLS, OutboundPolicy, parse_rule
+
+MIN_TOKEN_LENGTH = 16
+"""API_TOKEN's minimum length: a short token is guessable, and the log redactor hides
+registered secrets wherever they appear, which for a 3-letter value would mangle logs."""
+
+CommaList = Annotated[list[str], NoDecode]
+"""A list setting written `a,b,c` in the environment."""
 
 
 class Settings(BaseSettings):
@@ -31,7 +41,9 @@ class Settings(BaseSettings):
     celery_result_backend: str = Field("redis://127.0.0.1:6379/0", description="Task results")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Claims, locks, cache")
     database_url: str = Field("sqlite:///botengine.db", description="Bots, ticks, orders")
-    api_token: SecretStr | None = None
+    api_token: SecretStr | None = Field(
+        None, description=f"Bearer token of the API, at least {MIN_TOKEN_LENGTH} characters"
+    )
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     flower_user: str = "admin"
@@ -39,6 +51,15 @@ class Settings(BaseSettings):
     simulator_url: str = "http://127.0.0.1:8765"
     simulator_api_key: str = "simulator-key"
     simulator_api_secret: SecretStr = SecretStr("simulator-secret")
+    # Required by the simulator's /_sim/ admin endpoints when it listens beyond loopback.
+    simulator_admin_token: SecretStr | None = None
+    # Outbound policy (engine/outbound.py): where a bot config's base_url may point, and
+    # which ccxt constructor keys its exchange_options may set beyond the safe defaults.
+    allowed_base_urls: CommaList = Field(default_factory=lambda: list(DEFAULT_ALLOWED_BASE_URLS))
+    allowed_exchange_options: CommaList = Field(default_factory=list)
+    # Credential sets (engine/credentials.py): BOTENGINE_CRED_<SET>_KEY/_SECRET/_PASSWORD
+    # from the environment, or files of those names in this directory (Docker secrets).
+    credentials_dir: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     timezone: str = "UTC"
@@ -84,6 +105,38 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("api_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"API_TOKEN must be at least {MIN_TOKEN_LENGTH} characters (generate one with"
+                " `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
+        return value
+
+    @field_validator("allowed_base_urls", "allowed_exchange_options", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_base_urls")
+    @classmethod
+    def _valid_rules(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            parse_rule(entry)  # ValueError names the entry
+        return entries
+
+    def outbound_policy(self) -> OutboundPolicy:
+        """The base URL and exchange_options allow-lists (engine/outbound.py)."""
+        return OutboundPolicy.from_entries(self.allowed_base_urls, self.allowed_exchange_options)
+
+    def credential_store(self) -> CredentialStore:
+        """Where declared credential sets are read from (engine/credentials.py)."""
+        return CredentialStore(directory=self.credentials_dir)
+
     @model_validator(mode="after")
     def _horizon_below_visibility(self) -> Settings:
         # An ETA message held longer than the visibility timeout is redelivered (celery #2481).
@@ -93,7 +146,8 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret these settings hold, for the log redactor."""
-        values = [s.get_secret_value() for s in (self.api_token, self.flower_password) if s]
+        held = (self.api_token, self.flower_password, self.simulator_admin_token)
+        values = [s.get_secret_value() for s in held if s]
         values.append(self.simulator_api_secret.get_secret_value())
         for url in (
             self.celery_broker_url,

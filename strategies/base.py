@@ -17,11 +17,16 @@ from pydantic import BaseModel, ConfigDict
 
 from engine.domain import MarketContext, OrderIntent
 
+MAX_AMOUNT = 1e12
+"""Largest price, amount or quote amount a param may state: far above any real market,
+far below where float arithmetic on it (amount x price x fee) overflows or loses meaning."""
+
 
 class StrategyParams(BaseModel):
-    """Base of every strategy's params model: unknown keys are errors, values are frozen."""
+    """Base of every strategy's params model: unknown keys are errors, values are frozen,
+    and floats are finite (`.inf` would validate as "greater than 0", then fail every tick)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 P = TypeVar("P", bound=StrategyParams)

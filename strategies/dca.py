@@ -8,14 +8,14 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator
 
 from engine.domain import MarketContext, OrderIntent, OrderType, Side
-from strategies.base import Decision, Strategy, StrategyParams
+from strategies.base import MAX_AMOUNT, Decision, Strategy, StrategyParams
 from strategies.indicators import sma
 
 
 class DcaParams(StrategyParams):
     """Spend `quote_amount` every `every` ticks; `dip_multiplier` times that on a dip."""
 
-    quote_amount: float = Field(gt=0, description="quote currency spent per buy")
+    quote_amount: float = Field(gt=0, le=MAX_AMOUNT, description="quote currency spent per buy")
     every: int = Field(default=1, ge=1, le=1_000_000, description="ticks between buys")
     offset: int = Field(
         default=0,

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from engine.domain import Candle, MarketContext, OpenOrder, OrderIntent, OrderType, Side
-from strategies.base import Decision, Strategy, StrategyParams
+from strategies.base import MAX_AMOUNT, Decision, Strategy, StrategyParams
 
 BUY, SELL, IDLE = "buy", "sell", "idle"
 _BUY, _SELL = Side.BUY, Side.SELL  # enum member lookups are slow in 3.11 hot loops
@@ -24,11 +24,13 @@ _FEE_MARGIN = 1.005
 class GridParams(StrategyParams):
     """Band `lower` < `upper`, number of `levels`, their `spacing`, base `amount` per level."""
 
-    lower: float = Field(gt=0)
-    upper: float = Field(gt=0)
+    lower: float = Field(gt=0, le=MAX_AMOUNT)
+    upper: float = Field(gt=0, le=MAX_AMOUNT)
     levels: int = Field(default=10, ge=2, le=500)
     spacing: Literal["arithmetic", "geometric"] = "arithmetic"
-    amount: float = Field(gt=0, description="base units bought or sold at each level")
+    amount: float = Field(
+        gt=0, le=MAX_AMOUNT, description="base units bought or sold at each level"
+    )
 
     @field_validator("upper")
     @classmethod

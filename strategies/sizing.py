@@ -7,15 +7,17 @@ from typing import Self
 from pydantic import Field, model_validator
 
 from engine.domain import OrderIntent, OrderType, Side
-from strategies.base import StrategyParams
+from strategies.base import MAX_AMOUNT, StrategyParams
 
 
 class SizedParams(StrategyParams):
     """Params with an entry size: exactly one of `amount` (base) or `quote_amount` (quote)."""
 
-    amount: float | None = Field(default=None, gt=0, description="base units bought per entry")
+    amount: float | None = Field(
+        default=None, gt=0, le=MAX_AMOUNT, description="base units bought per entry"
+    )
     quote_amount: float | None = Field(
-        default=None, gt=0, description="quote currency spent per entry"
+        default=None, gt=0, le=MAX_AMOUNT, description="quote currency spent per entry"
     )
 
     @model_validator(mode="after")

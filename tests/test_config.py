@@ -116,11 +116,25 @@ MALFORMED = [
         "18: credentials.api_key: inline secrets are not allowed",
     ),
     (
-        "credentials bad env name",
-        VALID + "credentials:\n  api_key_env: 1BAD\n  secret_env: OK\n",
-        "18: credentials.api_key_env: String should match",
+        "credentials in the old env-name form",
+        VALID + "credentials:\n  api_key_env: BINANCE_KEY\n  secret_env: BINANCE_SECRET\n",
+        "17: credentials: the {api_key_env, secret_env} form is no longer accepted",
     ),
-    ("base_url not http", VALID + "base_url: ftp://x\n", "17: base_url: String should match"),
+    (
+        "credentials bad set name",
+        VALID + "credentials: Binance Main\n",
+        "17: credentials: must be a credential set name",
+    ),
+    (
+        "credentials not a name",
+        VALID + "credentials: {account: main}\n",
+        "17: credentials: must name a declared credential set",
+    ),
+    (
+        "base_url not http",
+        VALID + "base_url: ftp://x\n",
+        "17: base_url: must start with http:// or https://",
+    ),
     (
         "strategy not mapping",
         _replace("strategy:\n  name: sma_cross", "strategy: 5\nx:\n  name: sma_cross"),

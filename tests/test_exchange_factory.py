@@ -1,7 +1,9 @@
-"""gateway_for: a bot config becomes a paper or live gateway, with credentials from env."""
+"""gateway_for: a bot config becomes a paper or live gateway, with keys from a declared
+credential set (environment or CREDENTIALS_DIR)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -54,33 +56,24 @@ def test_live_on_the_simulator_uses_its_keys(
     assert sim.request_count("/api/v3/order", "POST") == 1
 
 
-def test_missing_credentials_name_the_variable(
+def test_an_undeclared_credential_set_names_the_variables(
     sim: Any, redis_client: redis.Redis, db: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given a live bot whose key variables are not set
-    monkeypatch.delenv("F1_KEY", raising=False)
-    monkeypatch.setenv("F1_SECRET", "s3cret-value")
-    live = config(
-        mode="live",
-        exchange="binance",
-        credentials={"api_key_env": "F1_KEY", "secret_env": "F1_SECRET"},
-    )
+    # Given a live bot naming a set whose key variable is not set
+    monkeypatch.delenv("BOTENGINE_CRED_F1_MAIN_KEY", raising=False)
+    monkeypatch.setenv("BOTENGINE_CRED_F1_MAIN_SECRET", "s3cret-value")
+    live = config(mode="live", exchange="binance", credentials="f1-main")
     # When its gateway is built, the error names the missing variable
-    with pytest.raises(OperationalError, match="F1_KEY"):
+    with pytest.raises(OperationalError, match="BOTENGINE_CRED_F1_MAIN_KEY"):
         gateway_for(live, redis=redis_client, db=db, settings=Settings())
 
 
-def test_credentials_come_from_the_environment(
-    sim: Any, redis_client: redis.Redis, db: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given keys in the variables the config names, and a base_url to the simulator
-    monkeypatch.setenv("F1_KEY", "simulator-key")
-    monkeypatch.setenv("F1_SECRET", "simulator-secret")
-    live = config(
+def _binance_on_the_simulator(sim: Any, **changes: Any) -> BotConfig:
+    return config(
         mode="live",
         exchange="binance",
         base_url=sim.url,
-        credentials={"api_key_env": "F1_KEY", "secret_env": "F1_SECRET"},
+        credentials="f1-main",
         exchange_options={
             "timeout": 3000,
             "options": {
@@ -89,10 +82,52 @@ def test_credentials_come_from_the_environment(
                 "fetchCurrencies": False,
             },
         },
+        **changes,
     )
+
+
+def test_credentials_come_from_the_declared_set(
+    sim: Any, redis_client: redis.Redis, db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given keys declared as set f1-main, and a base_url to the simulator
+    monkeypatch.setenv("BOTENGINE_CRED_F1_MAIN_KEY", "simulator-key")
+    monkeypatch.setenv("BOTENGINE_CRED_F1_MAIN_SECRET", "simulator-secret")
     # Then the plain binance class reaches the simulator with them
-    gw = gateway_for(live, redis=redis_client, db=db, settings=Settings())
+    gw = gateway_for(_binance_on_the_simulator(sim), redis=redis_client, db=db, settings=Settings())
     assert gw.fetch_balances()["USDT"] > 0
+
+
+def test_credentials_come_from_files_in_the_credentials_dir(
+    sim: Any,
+    redis_client: redis.Redis,
+    db: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # Given set f1-main declared as Docker-secrets style files (lower case, newline)
+    monkeypatch.delenv("BOTENGINE_CRED_F1_MAIN_KEY", raising=False)
+    monkeypatch.delenv("BOTENGINE_CRED_F1_MAIN_SECRET", raising=False)
+    (tmp_path / "botengine_cred_f1_main_key").write_text("simulator-key\n")
+    (tmp_path / "BOTENGINE_CRED_F1_MAIN_SECRET").write_text("simulator-secret\n")
+    settings = Settings(credentials_dir=tmp_path)
+    # Then the bot trades with them
+    gw = gateway_for(_binance_on_the_simulator(sim), redis=redis_client, db=db, settings=settings)
+    assert gw.fetch_balances()["USDT"] > 0
+
+
+def test_a_stored_config_in_the_old_credentials_form_cannot_trade(
+    redis_client: redis.Redis, db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a config stored before credential sets, naming an engine setting as its key
+    monkeypatch.setenv("API_TOKEN", "a-token-that-must-stay-here")
+    stored = config(
+        mode="live",
+        exchange="binance",
+        credentials={"api_key_env": "API_TOKEN", "secret_env": "REDIS_URL"},
+    )
+    # When its gateway is built, it is refused with what to write instead
+    with pytest.raises(OperationalError, match="credentials: binance-main"):
+        gateway_for(stored, redis=redis_client, db=db, settings=Settings(_env_file=None))
 
 
 def test_data_max_age_is_a_bounded_fraction_of_the_interval() -> None:

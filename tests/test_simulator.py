@@ -12,14 +12,20 @@ from typing import Any
 
 import ccxt
 import pytest
+from structlog.testing import capture_logs
 
+from engine.errors import ConfigError
 from engine.exchange.simulator import (
+    DEFAULT_API_KEY,
+    DEFAULT_API_SECRET,
     FaultInjector,
     FaultRule,
     ManualClock,
+    SimulatorConfig,
     SimulatorServer,
     make_ccxt_client,
 )
+from engine.exchange.simulator.runner import check_bind
 
 START_MS = 1_767_225_600_000 + 12 * 3_600_000 + 345_678  # 2026-01-01 12:05:45.678 UTC
 SYMBOL = "BTC/USDT"
@@ -491,3 +497,65 @@ def test_server_stops_cleanly(clock: ManualClock) -> None:
     server.stop()
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url + "/api/v3/ping", timeout=1)
+
+
+# -- exposure beyond loopback (issue #24) -------------------------------------------------
+
+
+def _status(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10"])
+def test_a_public_bind_with_the_default_keys_is_refused(host: str) -> None:
+    # When the simulator is asked to listen beyond loopback with the documented keys
+    # Then it refuses before binding, saying what to set
+    with pytest.raises(ConfigError, match="SIMULATOR_API_KEY and SIMULATOR_API_SECRET"):
+        SimulatorServer(host=host, port=0)
+    with pytest.raises(ConfigError, match="default keys"):
+        SimulatorServer(host=host, port=0, api_key="k" * 20, api_secret=DEFAULT_API_SECRET)
+    # Unless told the port is private (a container port published on loopback), loudly
+    with capture_logs() as logs:
+        assert check_bind(host, SimulatorConfig(), allow_default_keys=True) is True
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["simulator.public_bind"]
+    assert check_bind("127.0.0.1", SimulatorConfig()) is False
+
+
+def test_a_public_simulator_serves_admin_endpoints_only_with_the_token() -> None:
+    # Given a simulator treated as listening beyond loopback (bound to loopback here, so
+    # the test opens nothing to the network), once without and once with an admin token
+    for token in (None, "admin-token-0123456789"):
+        srv = SimulatorServer(
+            port=0, api_key="k" * 20, api_secret="s" * 20, admin_token=token, sweep_interval_s=0
+        )
+        srv.public = True
+        with srv:
+            # Then /_sim/health stays open, and everything else needs the token
+            assert _status(srv.url + "/_sim/health")[0] == 200
+            status, body = _status(srv.url + "/_sim/orders")
+            assert status == 403
+            assert "admin" in body["error"]
+            wrong = _status(srv.url + "/_sim/orders", {"X-Sim-Admin-Token": "nope"})
+            assert wrong[0] == 403
+            if token is not None:
+                right = _status(srv.url + "/_sim/orders", {"X-Sim-Admin-Token": token})
+                assert right[0] == 200
+
+
+def test_the_order_log_names_accounts_without_their_keys(
+    exchange: Any, server: SimulatorServer
+) -> None:
+    # Given an order on the default account
+    exchange.create_order(SYMBOL, "market", "buy", 0.01, params={"newClientOrderId": "acct-1"})
+    # When the admin order log is read
+    log = admin(server, "GET", "/_sim/orders")
+    # Then the account is a digest label; the API key appears nowhere
+    assert log["orders"][0]["account"].startswith("acct-")
+    assert DEFAULT_API_KEY not in json.dumps(log)
+    label = log["orders"][0]["account"]
+    assert admin(server, "GET", f"/_sim/orders?account={label}")["count"] == 1

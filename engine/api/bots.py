@@ -21,12 +21,14 @@ from engine.lifecycle import Result
 from engine.models import Bot, Fill, PaperBalance, PriceSnapshot, Tick
 from engine.orders import open_orders, position_and_pnl
 from engine.runtime import Runtime
+from engine.secretkeys import redact
 from engine.views import balances_view, bot_summary, open_order_row, pnl_view, tick_row
 
 router = APIRouter(prefix="/bots", tags=["bots"])
 
 BOT_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 BotName = Annotated[str, Path(pattern=BOT_NAME, description="The bot's name")]
+MAX_CURSOR = 2**63 - 1  # the database's BIGINT: a larger cursor is a 422, not a 500
 LAST_TICKS = 10
 _CONFIG_BODY: dict[str, Any] = {
     "requestBody": {
@@ -75,7 +77,8 @@ def get_bot(name: BotName, rt: RtDep) -> dict[str, Any]:
         "symbol": config.get("symbol"),
         "mode": config.get("mode", "paper"),
         "source": bot.source,
-        "config": config,
+        # Configs stored before inline secrets were refused may still hold some.
+        "config": redact(config),
         "last_ticks": [tick_row(t) for t in last],
         "open_orders": [open_order_row(o) for o in open_orders(rt.db, name)],
         "balances": balances_view(balances),
@@ -178,9 +181,12 @@ def bot_ticks(
     name: BotName,
     rt: RtDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    before_slot: Annotated[int | None, Query(ge=0, description="Page cursor (a slot)")] = None,
+    before_slot: Annotated[
+        int | None, Query(ge=0, le=MAX_CURSOR, description="Page cursor (a slot)")
+    ] = None,
     generation: Annotated[
-        int | None, Query(ge=0, description="Generation of `before_slot` (default: current)")
+        int | None,
+        Query(ge=0, le=MAX_CURSOR, description="Generation of `before_slot` (default: current)"),
     ] = None,
 ) -> dict[str, Any]:
     """Ticks ordered by (generation, slot), newest first.

@@ -29,8 +29,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import ccxt
 
+from engine.errors import OperationalError
 from engine.exchange.catalog import SIMULATOR, ccxt_class_id
 from engine.exchange.errors import map_ccxt_error
+from engine.secretkeys import is_secret_key
 
 T = TypeVar("T")
 
@@ -132,8 +134,20 @@ def rewrite_urls(urls: Any, base_url: str) -> Any:
 
 
 def build_exchange(spec: ClientSpec) -> Any:
-    """A fresh ccxt instance for `spec` (no network access)."""
+    """A fresh ccxt instance for `spec` (no network access).
+
+    Whatever the options say, keys come only from the spec (a declared credential set),
+    `verbose` is off (ccxt's verbose mode printed signed URLs and request bodies into
+    error-level worker log lines) and HTTP redirects are not followed.
+    """
+    inline = sorted(key for key in spec.options if is_secret_key(key))
+    if inline:
+        raise OperationalError(
+            f"exchange_options may not carry credentials ({', '.join(inline)}):"
+            " name a declared credential set in the bot config instead"
+        )
     config: dict[str, Any] = {key: value for key, value in spec.options.items()}
+    config["verbose"] = False
     # The shared Redis limiter replaces ccxt's per-instance one, which would also sleep
     # while holding the client lock.
     config.setdefault("enableRateLimit", False)
@@ -145,6 +159,10 @@ def build_exchange(spec: ClientSpec) -> Any:
         if spec.password:
             config["password"] = spec.password
     exchange = getattr(ccxt, ccxt_class_id(spec.exchange_id))(config)
+    exchange.verbose = False
+    # No exchange API redirects; following one would carry the key header (requests
+    # drops only Authorization on a cross-host redirect) to wherever it points.
+    exchange.session.max_redirects = 0
     if spec.sandbox:
         exchange.set_sandbox_mode(True)
     if spec.base_url:

@@ -5,6 +5,12 @@ live → `CcxtGateway` on the bot's account. Either way ticker and candle reads 
 through the shared Redis cache (one request per interval for all bots on a symbol) and
 every request through the shared Redis rate limit.
 
+Every client built from a config is checked here against the operator's outbound
+policy (`base_url` and `exchange_options` allow-lists, engine/outbound.py) and gets its
+keys from a declared credential set (engine/credentials.py) - again, although files and
+the API check the same rules, because a config stored before those rules existed must
+not bypass them. A refused config raises OperationalError: the bot stops in `error`.
+
 Process-wide state lives in `clients` (ccxt instances and their loaded markets, keyed
 by exchange, account digest, base URL and options); the gateway objects built here are
 cheap wrappers, fine to build per tick.
@@ -13,12 +19,14 @@ cheap wrappers, fine to build per tick.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import redis as redis_lib
 from sqlalchemy import Engine
 
-from engine.config import BotConfig
+from engine.config import BotConfig, LegacyCredentials
+from engine.credentials import LEGACY_MESSAGE
 from engine.errors import OperationalError
 from engine.exchange.catalog import SIMULATOR
 from engine.exchange.ccxt_gateway import CcxtGateway
@@ -39,36 +47,49 @@ def data_max_age(interval_s: float) -> float:
     return min(10.0, max(1.0, interval_s / 2))
 
 
-def read_credentials(config: BotConfig) -> tuple[str | None, str | None, str | None]:
-    """(api key, secret, password) from the environment variables the config names.
+def read_credentials(
+    config: BotConfig, settings: Settings
+) -> tuple[str | None, str | None, str | None]:
+    """(api key, secret, password) of the credential set the config names.
 
-    A named variable that is unset → OperationalError naming it (the bot cannot trade).
-    The values are registered with the log redactor.
+    An undeclared set → OperationalError naming the variables to define (the bot cannot
+    trade). The values are registered with the log redactor.
     """
     creds = config.credentials
     if creds is None:
         return None, None, None
-    values: list[str | None] = []
-    for name in (creds.api_key_env, creds.secret_env, creds.password_env):
-        if name is None:
-            values.append(None)
-            continue
-        value = os.environ.get(name)
-        if not value:
-            raise OperationalError(f"environment variable {name} is not set")
-        values.append(value)
-    register_secrets(values)
-    return values[0], values[1], values[2]
+    if isinstance(creds, LegacyCredentials):
+        raise OperationalError(f"credentials: {LEGACY_MESSAGE}")
+    found = settings.credential_store().lookup(creds)
+    register_secrets([found.api_key, found.secret, found.password])
+    return found.api_key, found.secret, found.password
+
+
+def check_outbound(
+    settings: Settings, base_url: str | None, options: Mapping[str, Any] | None
+) -> None:
+    """OperationalError unless the config's base URL and exchange options are allowed."""
+    policy = settings.outbound_policy()
+    problems = []
+    if base_url is not None and (problem := policy.base_url_problem(base_url)):
+        problems.append(f"base_url: {problem}")
+    problems += [
+        f"exchange_options.{'.'.join(path)}: {message}"
+        for path, message in policy.option_problems(options or {})
+    ]
+    if problems:
+        raise OperationalError("config refused by the outbound policy: " + "; ".join(problems))
 
 
 def client_spec(config: BotConfig, settings: Settings, *, private: bool) -> ClientSpec:
     """The ccxt client a bot needs: keys only for private (live) use."""
+    check_outbound(settings, config.base_url, config.exchange_options)
     key = secret = password = None
     if private:
-        key, secret, password = read_credentials(config)
+        key, secret, password = read_credentials(config, settings)
     base_url = config.base_url
     if config.exchange == SIMULATOR:
-        base_url = base_url or settings.simulator_url
+        base_url = base_url or settings.simulator_url  # the operator's own setting
         if private and key is None:
             key = settings.simulator_api_key
             secret = settings.simulator_api_secret.get_secret_value()
@@ -143,7 +164,10 @@ def data_gateway(
     base_url: str | None = None,
     options: dict[str, Any] | None = None,
 ) -> Gateway:
-    """Public market data of one exchange (no account), through the shared cache."""
+    """Public market data of one exchange (no account), through the shared cache.
+
+    `base_url` and `options` come from a bot config: they are checked like the bot's."""
+    check_outbound(settings, base_url, options)
     if exchange_id == SIMULATOR:
         base_url = base_url or settings.simulator_url
     spec = ClientSpec(exchange_id=exchange_id, base_url=base_url, options=dict(options or {}))

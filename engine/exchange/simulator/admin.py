@@ -1,15 +1,24 @@
 """Admin routes under ``/_sim/``: the order log, counters, faults, clock and reset.
 
-No authentication: they are for tests, benchmarks and chaos runs on the same host,
-and the middleware refuses them from non-loopback addresses unless configured.
+They are for tests, benchmarks and chaos runs on the same host: the middleware refuses
+them from non-loopback addresses, and requires ``SimulatorConfig.admin_token`` (when
+set, or when the simulator listens beyond loopback). The order log names accounts by a
+digest of their API key, never by the key itself.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from aiohttp import web
 
 from .core import Simulator
 from .responses import Handler, json_response
+
+
+def account_label(api_key: str) -> str:
+    """How the admin endpoints name an account: a digest of its key, not the key."""
+    return "acct-" + hashlib.sha256(api_key.encode()).hexdigest()[:12]
 
 
 class AdminRoutes:
@@ -41,9 +50,12 @@ class AdminRoutes:
         )
 
     async def orders(self, request: web.Request) -> web.StreamResponse:
-        """``GET /_sim/orders?symbol=&clientOrderId=&status=&account=``: the order log."""
+        """``GET /_sim/orders?symbol=&clientOrderId=&status=&account=``: the order log;
+        ``account`` is an account label (see :func:`account_label`)."""
         query = request.query
         orders = self.sim.orders(query.get("symbol"), query.get("clientOrderId"))
+        for order in orders:
+            order["account"] = account_label(order["account"])
         status, account = query.get("status"), query.get("account")
         orders = [
             o

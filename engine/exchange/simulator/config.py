@@ -136,10 +136,22 @@ class SimulatorConfig:
     jitter_ms: float = 0.0
     admin_loopback_only: bool = True
     """Refuse ``/_sim/`` admin requests from anything but loopback addresses."""
+    admin_token: str | None = None
+    """When set, every ``/_sim/`` admin request (but ``/_sim/health``) must carry it in
+    the ``X-Sim-Admin-Token`` header, whatever its address. Required for admin access
+    when the simulator listens beyond loopback."""
 
     def with_overrides(self, **changes: Any) -> SimulatorConfig:
         """A copy with some fields replaced (``None`` values are ignored)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def uses_default_keys(self) -> bool:
+        """Whether any account is reachable with the documented default key or secret."""
+        return (
+            self.api_key == DEFAULT_API_KEY
+            or self.api_secret == DEFAULT_API_SECRET
+            or DEFAULT_API_SECRET in self.extra_accounts.values()
+        )
 
     def accounts(self) -> dict[str, str]:
         """All API key -> secret pairs this simulator accepts."""

@@ -1,15 +1,28 @@
 """Running the simulator: blocking (the ``botengine simulator`` command) or in a
-background thread with its own event loop (tests, the embedded demo)."""
+background thread with its own event loop (tests, the embedded demo).
+
+Beyond loopback (``--host 0.0.0.0``) the simulator is a real signing endpoint on the
+network: with the documented default keys anyone who reaches it trades its accounts,
+and its admin endpoints reset balances, move the clock and list orders. So a
+non-loopback bind is refused with the default keys unless ``allow_default_keys`` says
+the port is not reachable from elsewhere (a container whose port is published on
+loopback only), is logged as a warning, and serves admin endpoints only with an admin
+token (`SimulatorConfig.admin_token`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import threading
 from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+
+from engine.errors import ConfigError
+from engine.logging import get_logger
 
 from .config import SimulatorConfig
 from .core import Simulator
@@ -30,8 +43,42 @@ def _fast_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+log = get_logger("engine.simulator")
+
+
 def _config(config: SimulatorConfig | None, overrides: dict[str, Any]) -> SimulatorConfig:
     return (config or SimulatorConfig()).with_overrides(**overrides)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and `localhost` (``0.0.0.0`` and ``::`` are not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, config: SimulatorConfig, *, allow_default_keys: bool = False) -> bool:
+    """Whether serving on `host` is public (beyond loopback); ConfigError when it would
+    expose the default keys. A public bind is logged as a warning."""
+    if is_loopback(host):
+        return False
+    if config.uses_default_keys() and not allow_default_keys:
+        raise ConfigError(
+            f"refusing to serve the simulator on {host} with the default keys: anyone who"
+            " reaches it could trade with the documented secret. Set SIMULATOR_API_KEY and"
+            " SIMULATOR_API_SECRET, or pass --allow-default-keys when the port is only"
+            " reachable from this host (e.g. a container port published on 127.0.0.1)"
+        )
+    log.warning(
+        "simulator.public_bind",
+        host=host,
+        default_keys=config.uses_default_keys(),
+        admin="token required" if config.admin_token else "off (no admin token)",
+    )
+    return True
 
 
 def run_simulator(
@@ -42,26 +89,32 @@ def run_simulator(
     api_key: str | None = None,
     api_secret: str | None = None,
     config: SimulatorConfig | None = None,
+    *,
+    admin_token: str | None = None,
+    allow_default_keys: bool = False,
     **overrides: Any,
 ) -> None:
     """Serve the simulator until interrupted (SIGINT/SIGTERM); blocks.
 
-    Arguments left as None keep the value of ``config`` (or the defaults).
+    Arguments left as None keep the value of ``config`` (or the defaults). A host beyond
+    loopback is refused with the default keys unless ``allow_default_keys`` (see the
+    module docstring); its admin endpoints then need ``admin_token``.
     """
-    sim = Simulator(
-        _config(
-            config,
-            {
-                "seed": seed,
-                "latency_ms": latency_ms,
-                "api_key": api_key,
-                "api_secret": api_secret,
-                **overrides,
-            },
-        )
+    settings = _config(
+        config,
+        {
+            "seed": seed,
+            "latency_ms": latency_ms,
+            "api_key": api_key,
+            "api_secret": api_secret,
+            "admin_token": admin_token,
+            **overrides,
+        },
     )
+    public = check_bind(host, settings, allow_default_keys=allow_default_keys)
+    sim = Simulator(settings)
     web.run_app(
-        create_app(sim),
+        create_app(sim, public=public),
         host=host,
         port=port,
         access_log=None,
@@ -85,9 +138,12 @@ class SimulatorServer:
         *,
         host: str = DEFAULT_HOST,
         port: int = 0,
+        allow_default_keys: bool = False,
         **overrides: Any,
     ) -> None:
-        self.sim = Simulator(_config(config, overrides))
+        settings = _config(config, overrides)
+        self.public = check_bind(host, settings, allow_default_keys=allow_default_keys)
+        self.sim = Simulator(settings)
         self.host = host
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -145,7 +201,9 @@ class SimulatorServer:
     async def _main(self) -> None:
         self._stopped = asyncio.Event()
         runner = web.AppRunner(
-            create_app(self.sim), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT_S
+            create_app(self.sim, public=self.public),
+            access_log=None,
+            shutdown_timeout=_SHUTDOWN_TIMEOUT_S,
         )
         await runner.setup()
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,8 @@ from .responses import Handler, dumps, error_response, json_response
 
 _ENDPOINT_KEY = web.RequestKey("sim_endpoint", str)
 _LOOPBACK = ("127.0.0.1", "::1", "localhost")
+ADMIN_TOKEN_HEADER = "X-Sim-Admin-Token"  # noqa: S105 - a header name, not a secret
+_OPEN_ADMIN = frozenset({"/_sim/health"})  # liveness only: no orders, keys or controls
 _MAX_CACHED = 4096
 
 
@@ -44,8 +47,9 @@ def _int_param(query: Any, name: str, default: int | None = None) -> int | None:
 class SimulatorApp:
     """Route handlers bound to one :class:`Simulator`."""
 
-    def __init__(self, sim: Simulator) -> None:
+    def __init__(self, sim: Simulator, *, public: bool = False) -> None:
         self.sim = sim
+        self.public = public
         self._cache: dict[tuple[str, str], bytes] = {}
         self._cache_s = -1
         self._sweeper: asyncio.Task[None] | None = None
@@ -105,8 +109,9 @@ class SimulatorApp:
         """Count the request, apply faults, turn :class:`ApiError` into Binance JSON."""
         path = request.path
         if path.startswith("/_sim/"):
-            if self.sim.config.admin_loopback_only and request.remote not in _LOOPBACK:
-                return json_response({"error": "admin endpoints are loopback-only"}, 403)
+            refused = self._admin_refusal(request)
+            if refused is not None:
+                return json_response({"error": refused}, 403)
             try:
                 return await handler(request)
             except ValueError as exc:
@@ -138,6 +143,27 @@ class SimulatorApp:
         finally:
             with sim.lock:
                 sim.stats.finished(status)
+
+    def _admin_refusal(self, request: web.Request) -> str | None:
+        """Why an admin request is refused, or None.
+
+        A token, when configured, is required from every address: behind a reverse
+        proxy or a port forward the peer address says nothing about the client. Without
+        one, a simulator listening beyond loopback serves no admin endpoint at all.
+        """
+        if request.path in _OPEN_ADMIN:
+            return None
+        token = self.sim.config.admin_token
+        if token is not None:
+            given = request.headers.get(ADMIN_TOKEN_HEADER, "")
+            if hmac.compare_digest(given.encode(), token.encode()):
+                return None
+            return f"admin endpoints need the {ADMIN_TOKEN_HEADER} header"
+        if self.public:
+            return "admin endpoints are off: listening beyond loopback without an admin token"
+        if self.sim.config.admin_loopback_only and request.remote not in _LOOPBACK:
+            return "admin endpoints are loopback-only"
+        return None
 
     async def _call(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
@@ -421,6 +447,7 @@ class SimulatorApp:
         return json_response(data)
 
 
-def create_app(sim: Simulator) -> web.Application:
-    """The aiohttp application serving ``sim``."""
-    return SimulatorApp(sim).build()
+def create_app(sim: Simulator, *, public: bool = False) -> web.Application:
+    """The aiohttp application serving ``sim``; ``public`` when it listens beyond loopback
+    (admin endpoints then need ``SimulatorConfig.admin_token``)."""
+    return SimulatorApp(sim, public=public).build()
