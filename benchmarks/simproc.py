@@ -24,6 +24,7 @@ from engine.exchange.simulator.core import Simulator
 from engine.exchange.simulator.errors import ApiError
 from engine.exchange.simulator.matching import Exchange
 from engine.exchange.simulator.orders import Account, Order
+from engine.exchange.simulator.runner import check_bind
 
 DUPLICATE_MESSAGE = "Duplicate order sent."
 duplicates: list[str] = []
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             "BNB": "100000",
         },
     )
+    check_bind(args.host, config)  # the default keys stay on loopback here too
     app = create_app(Simulator(config))
     app.router.add_route("GET", "/_sim/bench", bench_stats)
     web.run_app(

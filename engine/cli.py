@@ -135,9 +135,12 @@ def _bot_name(name_or_file: str) -> str:
     """A bot name, or the name inside a bot file (`make stop-bot BOT=bots/x.yaml`)."""
     path = Path(name_or_file)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        import yaml
+        from engine.yamlsafe import DocumentError, parse_yaml
 
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        try:
+            data = parse_yaml(path.read_text(encoding="utf-8")).data
+        except (DocumentError, OSError, UnicodeDecodeError) as exc:
+            raise _fail(f"{path}:{getattr(exc, 'line', 1)}: {exc}") from None
         name = data.get("name") if isinstance(data, dict) else None
         if not isinstance(name, str):
             raise _fail(f"{path}:1: name: missing")
@@ -372,7 +375,7 @@ def backtest(
     from strategies.registry import build
 
     try:
-        config = load_bot_config(file)
+        config = load_bot_config(file, check_credentials=False)  # a backtest trades nothing
         candles = load_candles_csv(data, start, end)
     except (BotConfigError, CandleFileError) as exc:
         raise _fail(str(exc)) from None
@@ -404,6 +407,13 @@ def simulator(
     port: int = 8765,
     seed: int = 42,
     latency_ms: Annotated[float, typer.Option(help="Added to every response")] = 0.0,
+    allow_default_keys: Annotated[
+        bool,
+        typer.Option(
+            help="Serve beyond loopback with the documented default key pair (a private "
+            "network only, e.g. a compose stack whose port is published on loopback)"
+        ),
+    ] = False,
 ) -> None:
     """Serve the loopback exchange simulator (a Binance spot imitation) until Ctrl-C."""
     from engine.exchange.simulator import run_simulator
@@ -419,6 +429,12 @@ def simulator(
         latency_ms=latency_ms or None,
         api_key=settings.simulator_api_key,
         api_secret=settings.simulator_api_secret.get_secret_value(),
+        admin_token=(
+            settings.simulator_admin_token.get_secret_value()
+            if settings.simulator_admin_token
+            else None
+        ),
+        allow_default_keys=allow_default_keys,
     )
 
 

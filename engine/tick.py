@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import JSON, String, bindparam, case, func, insert, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
@@ -29,7 +30,7 @@ from engine.risk import RiskLimits, apply_risk
 from engine.runtime import Runtime
 from engine.schedule import due_at, parks, successor
 from strategies.base import Strategy
-from strategies.registry import build
+from strategies.registry import StrategyLookupError, build
 
 log = elog.get_logger("engine.tick")
 
@@ -475,13 +476,21 @@ def bot_setup(rt: Runtime, bot: str, generation: int) -> Setup:
         row = conn.execute(_LOAD_CONFIG, {"p_name": bot}).first()
     if row is None or row.generation != generation:
         raise FencedError(f"bot {bot} is no longer at generation {generation}")
-    config = BotConfig.model_validate(row.config)
+    # A config that came over the HTTP API may only name registered strategies, here
+    # too: one stored before that rule was enforced must not import what it names.
+    custom = not (row.source or "").startswith("api:")
+    try:
+        config = BotConfig.model_validate(row.config)
+        strategy = build(config.strategy.name, config.strategy.params, allow_custom=custom)
+    except (ValidationError, StrategyLookupError) as exc:
+        # No later tick can do better: error the bot now, not after N failures.
+        raise OperationalError(f"the stored config is not valid any more: {exc}") from None
     setup = Setup(
         exchange=config.exchange,
         symbol=config.symbol,
         timeframe=config.timeframe,
         risk=_risk_limits.setdefault(config.risk, config.risk),
-        strategy=build(config.strategy.name, config.strategy.params),
+        strategy=strategy,
         gateway=rt.gateway(config),
     )
     # One entry per bot, replaced whole: worker threads read this dict concurrently.
@@ -489,6 +498,6 @@ def bot_setup(rt: Runtime, bot: str, generation: int) -> Setup:
     return setup
 
 
-_LOAD_CONFIG = sa_select(_bots.c.generation, _bots.c.config).where(
+_LOAD_CONFIG = sa_select(_bots.c.generation, _bots.c.config, _bots.c.source).where(
     _bots.c.name == bindparam("p_name")
 )
