@@ -28,7 +28,7 @@ router = APIRouter(prefix="/bots", tags=["bots"])
 
 BOT_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 BotName = Annotated[str, Path(pattern=BOT_NAME, description="The bot's name")]
-MAX_CURSOR = 2**63 - 1  # the database's BIGINT: a larger cursor is a 422, not a 500
+MAX_CURSOR = 2**31 - 1  # slots and generations are INTEGER columns: beyond is a 422, not a 500
 LAST_TICKS = 10
 _CONFIG_BODY: dict[str, Any] = {
     "requestBody": {
