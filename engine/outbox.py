@@ -125,7 +125,14 @@ def outbox_for(settings: Settings, app: Any) -> TickOutbox | None:
     if urlsplit(settings.celery_broker_url).scheme != "redis":
         return None
     queue = app.amqp.router.route({}, TICK_TASK)["queue"].name
-    # The tick task sets no limits of its own: Celery sends the configured ones.
-    return verified(
-        TickOutbox(app, queue, (app.conf.task_time_limit, app.conf.task_soft_time_limit))
-    )
+    # Celery sends the task's own limits: since 5.7 they default to the configured ones,
+    # before that to none (the worker then applies its configured ones).
+    task = tick_task(app)
+    return verified(TickOutbox(app, queue, (task.time_limit, task.soft_time_limit)))
+
+
+def tick_task(app: Any) -> Any:
+    """The tick task as registered with `app` (by engine.tasks, imported on demand)."""
+    import engine.tasks  # noqa: F401  # lazy: tasks import the runtime, which imports this
+
+    return app.tasks[TICK_TASK]

@@ -30,7 +30,7 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 
 from engine import logging as elog
-from engine.outbox import TICK_TASK, TickOutbox, expires_in, tick_id
+from engine.outbox import TickOutbox, expires_in, tick_id, tick_task
 
 PROBE = ("outbox-self-check", 0, 0)
 """The (bot, generation, slot) of the probe ticks; no bot has this name's slot 0 sent."""
@@ -95,8 +95,6 @@ def differences(outbox: TickOutbox) -> dict[str, Any]:
 def published(app: Any, due: float) -> list[tuple[str, tuple[Any, ...]]]:
     """The Redis commands `tick.apply_async` issues for the probe tick due at `due`,
     sent the way `engine.runtime.celery_enqueue` sends a tick, recorded, not sent."""
-    import engine.tasks  # noqa: F401  # lazy: registers the tick task; it imports this
-
     real = app.connection_for_write()
     try:
         probe = real.clone(transport=_probe_transport(real.get_transport_cls()))
@@ -105,7 +103,7 @@ def published(app: Any, due: float) -> list[tuple[str, tuple[Any, ...]]]:
     with probe:
         channel = probe.channel()
         now = time.time()
-        app.tasks[TICK_TASK].apply_async(
+        tick_task(app).apply_async(
             args=PROBE,
             task_id=tick_id(*PROBE),
             countdown=max(0.0, due - now),
