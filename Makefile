@@ -73,3 +73,8 @@ bench: install
 
 chaos: install
 	$(BIN)/python -m benchmarks.chaos --profile $(PROFILE)
+
+# The outbox and broker tests on the oldest and newest Celery/kombu pyproject.toml allows.
+.PHONY: celery-matrix
+celery-matrix:
+	bash .ci/celery-matrix

@@ -9,8 +9,10 @@ dispatch batch. Building it costs ~0.05 ms.
 
 The task part is Celery's own (`app.amqp.as_task_v2`); the envelope around it is
 kombu's virtual-transport format (`Channel.prepare_message` and
-`_inplace_augment_message`, then `_put`'s LPUSH). tests/test_outbox.py compares the
-two with what `apply_async` writes, so a change of either library shows there. One
+`_inplace_augment_message`, then `_put`'s LPUSH). Each process checks at start that the
+two are what `apply_async` writes with the installed versions, and sends with
+`apply_async` when they are not (engine/outbox_check.py); tests/test_outbox.py also
+compares them with what `apply_async` writes to a real Redis. One
 difference is deliberate: `apply_async` inside a running task records it as the new
 message's parent and root; an endless chain of ticks gains nothing from that link.
 """
@@ -113,12 +115,24 @@ class TickOutbox:
 
 
 def outbox_for(settings: Settings, app: Any) -> TickOutbox | None:
-    """The outbox when the broker is the coordination Redis (same URL, plain `redis://`),
-    else None: ticks are then sent with `apply_async` through whatever broker is set."""
+    """The outbox when the broker is the coordination Redis (same URL, plain `redis://`)
+    and its messages are the ones the installed Celery sends (engine.outbox_check), else
+    None: ticks are then sent with `apply_async` through whatever broker is set."""
+    from engine.outbox_check import verified  # lazy: it imports this module
+
     if settings.celery_broker_url != settings.redis_url:
         return None
     if urlsplit(settings.celery_broker_url).scheme != "redis":
         return None
     queue = app.amqp.router.route({}, TICK_TASK)["queue"].name
-    # The tick task sets no limits of its own: Celery sends the configured ones.
-    return TickOutbox(app, queue, (app.conf.task_time_limit, app.conf.task_soft_time_limit))
+    # Celery sends the task's own limits: since 5.7 they default to the configured ones,
+    # before that to none (the worker then applies its configured ones).
+    task = tick_task(app)
+    return verified(TickOutbox(app, queue, (task.time_limit, task.soft_time_limit)))
+
+
+def tick_task(app: Any) -> Any:
+    """The tick task as registered with `app` (by engine.tasks, imported on demand)."""
+    import engine.tasks  # noqa: F401  # lazy: tasks import the runtime, which imports this
+
+    return app.tasks[TICK_TASK]
