@@ -68,7 +68,7 @@ COMPOSE := DOCKER_BUILDKIT=0 COMPOSE_BAKE=false docker compose -f docker/compose
 
 up:
 	@test -f $(COMPOSE_ENV) || { echo "up: no $(COMPOSE_ENV): cp .env.example $(COMPOSE_ENV)," \
-		"then set FLOWER_PASSWORD and POSTGRES_PASSWORD in it"; exit 2; }
+		"then set API_TOKEN, FLOWER_PASSWORD and POSTGRES_PASSWORD in it"; exit 2; }
 	$(COMPOSE) up -d --build
 
 down:
