@@ -452,29 +452,45 @@ def api(
 
 
 @app.command()
-def flower(port: int = 5555) -> None:
-    """Start Flower on loopback with basic auth from FLOWER_USER / FLOWER_PASSWORD."""
+def flower(
+    port: int = 5555,
+    address: Annotated[str, typer.Option(help="Listen address (0.0.0.0 in a container)")] = (
+        "127.0.0.1"
+    ),
+) -> None:
+    """Start Flower with basic auth from FLOWER_USER / FLOWER_PASSWORD, logging JSON lines."""
     import os
 
+    from celery.bin.celery import main as celery_main
+
+    from engine.logging import configure_logging, register_secrets
     from engine.settings import get_settings
 
     settings = get_settings()
     if settings.flower_password is None:
         raise _fail("set FLOWER_PASSWORD (and FLOWER_USER) first: Flower can stop workers")
-    auth = f"{settings.flower_user}:{settings.flower_password.get_secret_value()}"
-    celery = str(Path(sys.executable).parent / "celery")
-    os.execv(  # noqa: S606 - replaces this process with Flower, no shell involved
-        celery,
-        [
-            celery,
-            "-A",
-            "engine.celery_app",
-            "flower",
-            "--address=127.0.0.1",
-            f"--port={port}",
-            f"--basic-auth={auth}",
-        ],
-    )
+    user, password = settings.flower_user, settings.flower_password.get_secret_value()
+    if "," in user or "," in password:
+        # Flower splits FLOWER_BASIC_AUTH on "," into several user:password pairs.
+        raise _fail("FLOWER_USER and FLOWER_PASSWORD must not contain ',' (Flower splits on it)")
+    # Flower reads every option from FLOWER_<OPTION> too. The environment, unlike a
+    # `--basic-auth=user:password` argument, is not world-readable in /proc/PID/cmdline.
+    os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
+    # Flower runs in this process, after the engine's logging: Celery's `flower` command
+    # never sends `setup_logging`, and tornado adds its plain-text handler only to a root
+    # logger that has none, so every Flower and tornado line comes out as JSON.
+    configure_logging(settings.log_level, settings.log_format)
+    register_secrets(settings.secret_values())
+    sys.argv = [
+        "celery",
+        "-A",
+        "engine.celery_app",
+        "flower",
+        f"--address={address}",
+        f"--port={port}",
+        f"--logging={settings.log_level.lower()}",
+    ]
+    sys.exit(celery_main())
 
 
 @app.command()

@@ -33,10 +33,19 @@ CELERY_APP = "engine.celery_app"
 ASGI_APP = "engine.api:app"
 APP_SERVICES = ("migrate", "worker", "beat", "flower", "api", "simulator")
 REQUIRED_SERVICES = frozenset({"redis", "postgres", *APP_SERVICES})
-CELERY_SERVICES = {"worker": "worker", "beat": "beat", "flower": "flower"}
-BOTENGINE_SERVICES = ("migrate", "simulator")
+CELERY_SERVICES = {"worker": "worker", "beat": "beat"}
+BOTENGINE_SERVICES = ("migrate", "simulator", "flower", "api")
 AFTER_MIGRATE = ("worker", "beat", "api")
-EXPECTED_DATABASE_URL = "postgresql+psycopg://botengine:botengine@postgres:5432/botengine"
+EXPECTED_DATABASE_URL = "postgresql+psycopg://botengine@postgres:5432/botengine"
+# What an operator puts in .env before `make up`: compose refuses to start without them.
+PASSWORDS = {
+    "POSTGRES_PASSWORD": "pg-s3cret",
+    "FLOWER_PASSWORD": "flower-s3cret",
+    "API_TOKEN": "api-s3cret-token",
+}
+REQUIRED_SECRETS = tuple(PASSWORDS)
+MAKEFILE = ROOT / "Makefile"
+DOCKER_README = DOCKER_DIR / "README.md"
 PROBE_TIMEOUT_S = 180
 LANDING_LATER = frozenset({"README.md", "bots"})
 
@@ -112,7 +121,22 @@ def _command(service: str) -> list[str]:
     command = _services()[service].get("command")
     assert command, f"service {service!r} sets no command (the image's CMD only prints help)"
     tokens = shlex.split(command) if isinstance(command, str) else [str(t) for t in command]
-    return [_interpolate(t) for t in tokens]
+    return [_interpolate(t, PASSWORDS) for t in tokens]
+
+
+def _env_example() -> dict[str, str]:
+    """The KEY=value lines of .env.example, as `cp .env.example .env` would give them."""
+    pairs = re.findall(
+        r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", ENV_EXAMPLE.read_text(encoding="utf-8"), re.M
+    )
+    return {key: value.strip() for key, value in pairs}
+
+
+def _environment(service: str, env: dict[str, str]) -> dict[str, str]:
+    """A service's container environment as compose interpolates it from `env`."""
+    raw = _services()[service].get("environment") or {}
+    assert isinstance(raw, dict), f"{service}: environment must be a mapping"
+    return {key: _interpolate(str(value), env) for key, value in raw.items()}
 
 
 def _celery_app_option(tokens: list[str]) -> tuple[str | None, str | None]:
@@ -290,26 +314,118 @@ def test_api_port_and_simulator_profile() -> None:
         assert not services[name].get("profiles"), f"{name} must start by default"
 
 
-def test_flower_uses_basic_auth_from_environment() -> None:
-    command = _services()["flower"]["command"]
-    text = command if isinstance(command, str) else " ".join(command)
-    auth = [t for t in shlex.split(text) if t.startswith("--basic-auth=")]
-    assert auth, "flower must run with --basic-auth"
-    assert {"FLOWER_USER", "FLOWER_PASSWORD"} <= _referenced_vars(auth[0])
+def test_flower_password_is_in_its_environment_not_its_command_line() -> None:
+    # /proc/PID/cmdline (ps) is readable by every local user: `--basic-auth=user:pw` there
+    # would publish the password. `botengine flower` hands it to Flower by environment.
+    flower = _services()["flower"]
+    command = " ".join(_strings(flower["command"]))
+    assert "--basic-auth" not in command
+    assert not _referenced_vars(command), f"flower's command interpolates: {command}"
+    assert _command("flower")[:2] == ["botengine", "flower"]
+    env = _environment("flower", PASSWORDS)
+    assert env["FLOWER_PASSWORD"] == PASSWORDS["FLOWER_PASSWORD"]
+    assert env["FLOWER_USER"]
 
 
-def test_default_addresses_point_at_compose_services() -> None:
-    # Given no variables set / When compose interpolates / Then apps reach this stack's services
-    env = _services()["worker"]["environment"]
-    resolved = {key: _interpolate(str(value)) for key, value in env.items()}
-    for key in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "REDIS_URL"):
-        assert resolved[key].startswith("redis://redis:6379/"), f"{key}={resolved[key]}"
-    assert resolved["DATABASE_URL"] == EXPECTED_DATABASE_URL
-    # And the password a user sets reaches both postgres and the apps' DATABASE_URL.
-    custom = {"POSTGRES_PASSWORD": "s3cret"}
-    assert ":s3cret@postgres:" in _interpolate(str(env["DATABASE_URL"]), custom)
-    postgres_env = _services()["postgres"]["environment"]
-    assert _interpolate(str(postgres_env["POSTGRES_PASSWORD"]), custom) == "s3cret"
+def test_app_addresses_are_this_network_whatever_the_env_file_says() -> None:
+    # Given the documented path, `cp .env.example .env` (host addresses, 127.0.0.1) with the
+    # passwords set, passed to compose for interpolation (`make up` = --env-file .env)
+    dotenv = {**_env_example(), **PASSWORDS}
+    assert dotenv["CELERY_BROKER_URL"].startswith("redis://127.0.0.1"), "test premise"
+    for service in APP_SERVICES:
+        # When compose interpolates / Then every app reaches this stack's services
+        env = _environment(service, dotenv)
+        assert env["CELERY_BROKER_URL"] == "redis://redis:6379/0", service
+        assert env["CELERY_RESULT_BACKEND"].startswith("redis://redis:6379/"), service
+        # The same URL for the broker and REDIS_URL keeps engine/outbox.py's single-step
+        # successor push on; different databases silently turn it off.
+        assert env["REDIS_URL"] == env["CELERY_BROKER_URL"], service
+        assert env["DATABASE_URL"] == EXPECTED_DATABASE_URL, service
+        assert env["SIMULATOR_URL"] == "http://simulator:8765", service
+        assert env["LOG_FORMAT"] == "json", service
+        # And the password the operator set reaches the apps (as libpq's PGPASSWORD).
+        assert env["PGPASSWORD"] == PASSWORDS["POSTGRES_PASSWORD"], service
+    postgres = _environment("postgres", dotenv)
+    assert postgres["POSTGRES_PASSWORD"] == PASSWORDS["POSTGRES_PASSWORD"]
+    assert postgres["POSTGRES_USER"] == "botengine"
+
+
+@pytest.mark.parametrize("secret", REQUIRED_SECRETS)
+def test_stack_refuses_to_start_without_its_passwords(secret: str) -> None:
+    # Given every reference to the secret / Then none has a default: compose must refuse
+    # (`${VAR:?message}`) rather than start PostgreSQL or Flower with a known password.
+    refs = [text for text in _strings(_compose()) if re.search(rf"\$\{{{secret}\b", text)]
+    assert refs, f"compose.yaml never uses {secret}"
+    for text in refs:
+        assert re.search(rf"\$\{{{secret}:\?[^}}]+\}}", text), f"{secret} has a default: {text}"
+    # And when unset or empty, interpolation fails with a message naming it.
+    for value in (None, ""):
+        env = {k: v for k, v in PASSWORDS.items() if k != secret}
+        if value is not None:
+            env[secret] = value
+        for text in refs:
+            with pytest.raises(AssertionError, match=secret):
+                _interpolate(text, env)
+    # And .env.example ships no password: `make up` refuses until the operator sets one.
+    assert _env_example().get(secret, "") == "", f".env.example must leave {secret} empty"
+
+
+def test_beat_answers_a_liveness_probe_only_while_it_schedules() -> None:
+    # Celery >= 5.7: with remote control on, beat answers `inspect ping` as
+    # celerybeat@<host>, and stops answering once its loop has not ticked for
+    # max(2 x max-interval, 60 s). The command replay below (--help) proves the options exist.
+    beat = _services()["beat"]
+    tokens = _command("beat")
+    assert "--enable-remote-control" in tokens
+    max_interval = int(tokens[tokens.index("--max-interval") + 1])
+    assert max_interval <= 30, "the stall limit is twice this (60 s floor)"
+    probe = " ".join(_strings(beat["healthcheck"]["test"]))
+    assert "inspect ping" in probe
+    assert '-d "celerybeat@$${HOSTNAME}"' in probe, "ping this beat only, not any worker"
+    assert "curl" not in probe
+
+
+def test_make_up_interpolates_from_the_repository_env_with_the_legacy_builder(
+    tmp_path: Path,
+) -> None:
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    dotenv = tmp_path / "dotenv"
+    dotenv.write_text("".join(f"{k}=x\n" for k in PASSWORDS), encoding="utf-8")
+    dry = subprocess.run(
+        ["make", "-n", "up", "down", f"COMPOSE_ENV={dotenv}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    _assert_ok(dry, "make -n up down")
+    commands = [line for line in dry.stdout.splitlines() if "docker compose" in line]
+    assert len(commands) == 2, dry.stdout
+    for line in commands:
+        assert f"--env-file {dotenv}" in line, line
+        assert "DOCKER_BUILDKIT=0" in line, line
+    assert "up -d --build" in commands[0]
+    # Without the file `make up` refuses, naming what to do.
+    missing = subprocess.run(
+        ["make", "up", f"COMPOSE_ENV={tmp_path / 'absent'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert missing.returncode != 0
+    assert "cp .env.example" in missing.stdout + missing.stderr
+
+
+def test_docs_run_one_off_commands_without_restarting_migrate() -> None:
+    # `run --rm worker ...` starts `migrate` again through depends_on; `--no-deps` does not.
+    for doc in (DOCKER_README, COMPOSE_FILE, DOCKERFILE):
+        text = re.sub(r"\\\n\s*", " ", doc.read_text(encoding="utf-8"))
+        for line in re.findall(r"[^\n]*\brun --rm\b[^\n]*\bbotengine [^\n]*", text):
+            assert "--no-deps" in line, f"{doc.name}: {line.strip()}"
 
 
 def test_every_variable_is_documented_in_env_example() -> None:
@@ -358,17 +474,18 @@ def test_celery_commands_name_the_engine_app(service: str, subcommand: str) -> N
     _assert_ok(_run_python("-m", *tokens, "--help"), f"{service}: {shlex.join(tokens)}")
 
 
-def test_api_command_names_the_asgi_app() -> None:
+def test_api_serves_the_asgi_app_through_the_engine_logging() -> None:
+    # `botengine api` = uvicorn serving engine.api:app with log_config=None behind the
+    # engine's JSON logging; plain `uvicorn ...` would print its own text lines.
     tokens = _command("api")
-    assert tokens[0] == "uvicorn"
-    positional = [
-        t
-        for t, prev in zip(tokens[1:], tokens, strict=False)
-        if not t.startswith("-") and prev not in ("--host", "--port", "--workers", "--log-level")
-    ]
-    assert positional[:1] == [ASGI_APP], f"uvicorn serves {positional[:1]}, expected {ASGI_APP}"
-    assert ("--port", "8000") in set(itertools.pairwise(tokens))
-    _assert_ok(_run_python("-m", *tokens, "--help"), f"api: {shlex.join(tokens)}")
+    assert tokens[:2] == ["botengine", "api"]
+    pairs = set(itertools.pairwise(tokens))
+    assert ("--port", "8000") in pairs
+    assert ("--host", "0.0.0.0") in pairs, "published from the container"
+    assert _environment("api", PASSWORDS)["API_TOKEN"] == PASSWORDS["API_TOKEN"]
+    server = (ROOT / "engine" / "api" / "server.py").read_text(encoding="utf-8")
+    assert f'"{ASGI_APP}"' in server
+    assert "log_config=None" in server
 
     module, attr = ASGI_APP.split(":")
     _require_module(module)
@@ -425,6 +542,16 @@ def test_dockerfile_runs_as_non_root_on_python_slim() -> None:
     assert user not in ("root", "0"), "the final USER must not be root"
     text = DOCKERFILE.read_text(encoding="utf-8")
     assert user == "10001" or re.search(rf"--uid 10001\b.*\b{re.escape(user)}\b", text)
+
+
+def test_dockerfile_builds_without_buildkit() -> None:
+    # A `# syntax=` line makes BuildKit fetch a frontend image from a registry; nothing
+    # in the file needs one, and the legacy builder has no RUN --mount, --chmod or heredocs.
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert not re.search(r"^#\s*syntax\s*=", text, flags=re.M | re.I)
+    for keyword, rest in _dockerfile_instructions():
+        for feature in ("--mount", "--chmod", "<<"):
+            assert feature not in rest, f"{keyword} {rest}: {feature} needs BuildKit"
 
 
 def test_dockerfile_installs_reproducibly_without_secrets() -> None:
@@ -503,13 +630,24 @@ def test_docker_compose_config_accepts_the_file() -> None:
     cli = _compose_cli()
     if cli is None:
         pytest.skip("no Docker Compose >= 2.24 CLI here (`config` needs no engine where present)")
-    for profile_args in ([], ["--profile", "sim"]):
-        result = subprocess.run(
-            [*cli, "-f", str(COMPOSE_FILE), *profile_args, "config", "-q"],
+    env = {k: v for k, v in os.environ.items() if k not in REQUIRED_SECRETS}
+    env_file = ROOT / ".env.example"
+
+    def config(*args: str, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*cli, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), *args, "config", "-q"],
             cwd=ROOT,
+            env={**env, **extra},
             capture_output=True,
             text=True,
             timeout=60,
             check=False,
         )
+
+    for profile_args in ([], ["--profile", "sim"]):
+        result = config(*profile_args, extra=PASSWORDS)
         _assert_ok(result, f"{shlex.join(cli)} config -q {shlex.join(profile_args)}")
+    # .env.example as it ships (passwords empty): compose refuses, naming the variable.
+    refused = config(extra={})
+    assert refused.returncode != 0
+    assert "is missing a value: set " in refused.stderr, refused.stderr
