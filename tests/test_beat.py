@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -50,6 +51,9 @@ def test_beat_runs_reconciler_snapshot_cleanup_and_cache_cleanup(
     # Then the reconciler restored the bot, and it ticks
     assert wait_for(lambda: redis.exists("bot:beaten") == 1, 20)
     assert wait_for(lambda: engine.bot("beaten").ticks_ok >= 2, 20)
+    # And beat's loop keeps its liveness file fresh (compose's healthcheck reads its age)
+    alive = engine.procs.logdir / "beat-schedule.alive"
+    assert wait_for(lambda: alive.exists() and time.time() - alive.stat().st_mtime < 3, 10)
 
     # And price snapshots of the tracked symbol were stored
     def snapshots() -> list[Any]:
