@@ -65,7 +65,8 @@ class PrivatePostgres:
         # -l: the server's output goes to a file; inheriting our pipes, it would keep them
         # open and this call would wait on them for ever.
         log = str(self.dir / "postgres.log")
-        self._run("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "-t", "60", "start")
+        data = str(self.data)
+        self._run("pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start")
 
     def stop(self) -> None:
         """Stop the server at once: open connections are cut, as in a crash or failover."""
