@@ -31,12 +31,14 @@ def binaries() -> Path | None:
 class PrivatePostgres:
     """One throwaway PostgreSQL cluster on loopback, trust auth, database `bench`."""
 
-    def __init__(self, workdir: Path | None = None) -> None:
+    def __init__(self) -> None:
         bindir = binaries()
         if bindir is None:
             raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
         self.bin = bindir
-        self.dir = Path(workdir or tempfile.mkdtemp(prefix="botengine-pg-"))
+        # Its own temp dir, not the caller's: the server's user must be able to reach it
+        # (pytest's and the benchmarks' run dirs are private to root).
+        self.dir = Path(tempfile.mkdtemp(prefix="botengine-pg-"))
         self.data = self.dir / "data"
         self.port = free_port()
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/bench"
@@ -46,7 +48,10 @@ class PrivatePostgres:
         command = [str(self.bin / args[0]), *args[1:]]
         if self._user is not None:
             command = ["runuser", "-u", self._user, "--", *command]
-        return subprocess.run(command, capture_output=True, text=True, check=check, timeout=120)
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed ({done.returncode}): {done.stderr.strip()}")
+        return done
 
     def init(self) -> PrivatePostgres:
         """Create the cluster and start it."""

@@ -126,7 +126,7 @@ class LivenessScheduler(PersistentScheduler):
         interval: float = super().tick(*args, **kwargs)
         now = time.monotonic()
         if now - self._touched >= 1.0:
-            Path(f"{self.schedule_filename}.alive").touch()
+            Path(f"{getattr(self, 'schedule_filename', 'celerybeat-schedule')}.alive").touch()
             self._touched = now
         return interval
 

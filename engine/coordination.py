@@ -24,6 +24,8 @@ from engine.errors import BrokerUnavailableError
 SCHEDULE = "schedule"  # zset: running bot -> due time of its next slot
 PARKED = "parked"  # zset: bots whose next slot is too far away for an ETA message
 WORKERS = "workers"  # zset: worker process -> when its heartbeat expires
+DB_DOWN = "db:down_since"  # when a tick first found the database unreachable
+DB_HALT = "db:halt"  # set once that outage outlasted DB_OUTAGE_PAUSE_S: chains end
 
 
 def bot_key(bot: str) -> str:
@@ -54,6 +56,7 @@ class Verdict(StrEnum):
     STALE = "stale"  # the schedule is past this slot already (a redelivered message)
     DUPLICATE = "duplicate"  # another copy of this slot claimed it first
     MISSING = "missing"  # Redis lost the mirror; the reconciler restores it
+    HALTED = "halted"  # the database was gone too long: every chain ends (see note_db_down)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,11 @@ class Coordinator(Protocol):
         """Raise BrokerUnavailableError unless the shared state can be written now."""
         ...
 
+    def note_db_down(self, now: float, pause_after_s: float) -> bool:
+        """Record that a tick found the database unreachable; True for the one call
+        that finds the outage older than `pause_after_s` and halts every chain."""
+        ...
+
     def claim(self, bot: str, generation: int, slot: int) -> str | None:
         """The claim value of a slot: `run:<ts>:<worker>`, `done:<ts>`, or None."""
         ...
@@ -185,6 +193,7 @@ end
 _BEGIN = (
     _TAKE_LOCK
     + """
+if redis.call('EXISTS', KEYS[4]) == 1 then return {'halted'} end
 local h = redis.call('HMGET', KEYS[1], 'status', 'gen', 'next_slot', 'origin', 'interval')
 if not h[1] then return {'missing'} end
 local mirror = {h[1], h[2], h[3], h[4], h[5]}
@@ -249,6 +258,18 @@ end
 return 1
 """
 
+_NOTE_DB_DOWN = """
+local since = redis.call('GET', KEYS[1])
+if not since then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+  return 0
+end
+if tonumber(ARGV[1]) - tonumber(since) > tonumber(ARGV[2]) then
+  if redis.call('SET', KEYS[2], since, 'NX') then return 1 end
+end
+return 0
+"""
+
 _UNPARK_DUE = """
 local bots = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local out = {#bots}
@@ -295,6 +316,7 @@ class RedisCoordinator:
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
         self._complete = client.register_script(_COMPLETE)
+        self._note_db_down = client.register_script(_NOTE_DB_DOWN)
 
     def begin(self, bot: str, generation: int, slot: int, worker: str, lock_ttl: float) -> Begin:
         """Guard (running, same generation, the expected slot), claim, and take the bot
@@ -302,7 +324,7 @@ class RedisCoordinator:
         once that worker's heartbeat is gone (see `lock`)."""
         token = f"{worker}|{uuid.uuid4().hex}"
         raw = self._begin(
-            keys=[bot_key(bot), claim_key(bot, generation, slot), lock_key(bot)],
+            keys=[bot_key(bot), claim_key(bot, generation, slot), lock_key(bot), DB_HALT],
             args=[
                 generation,
                 slot,
@@ -379,6 +401,28 @@ class RedisCoordinator:
             raise BrokerUnavailableError(
                 f"Redis cannot be reached ({type(exc).__name__}); nothing was changed"
             ) from None
+
+    def note_db_down(self, now: float, pause_after_s: float) -> bool:
+        """Record the outage's start (kept a while past `pause_after_s`, in case no one
+        sees the database back); True for the one caller that halts every chain."""
+        expiry = int(pause_after_s * 2 + 60)
+        halted = self._note_db_down(
+            keys=[DB_DOWN, DB_HALT], args=[f"{now:.3f}", pause_after_s, expiry]
+        )
+        return bool(halted)
+
+    def db_back(self) -> None:
+        """The database answered: an outage in progress (if any) is over."""
+        self.redis.delete(DB_DOWN)
+
+    def db_halted_since(self) -> float | None:
+        """When the outage that halted every chain began, or None when none did."""
+        value: bytes | None = self.redis.get(DB_HALT)  # type: ignore[assignment]
+        return float(value) if value is not None else None
+
+    def lift_halt(self) -> None:
+        """Let chains run again (once the halted bots were paused in the database)."""
+        self.redis.delete(DB_HALT, DB_DOWN)
 
     def generation(self, bot: str) -> int | None:
         """The running generation, for fencing right before an order is sent."""

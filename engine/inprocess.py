@@ -95,6 +95,10 @@ class MemoryCoordinator:
     def check(self) -> None:
         """Memory is always there."""
 
+    def note_db_down(self, now: float, pause_after_s: float) -> bool:
+        """One process: its ticks simply skip until the database is back."""
+        return False
+
     def claim(self, bot: str, generation: int, slot: int) -> str | None:
         """The claim value of a slot, as the Redis coordinator's."""
         with self._guard:

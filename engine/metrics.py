@@ -46,7 +46,7 @@ DURATION = f"{PREFIX}tick_duration"
 EXCHANGE_REQUESTS = f"{PREFIX}exchange_requests"  # "exchange|outcome" -> count
 RATE_LIMIT = f"{PREFIX}rate_limit_waits"  # "count|exchange", "sum|exchange"
 RECONCILER = f"{PREFIX}reconciler"  # kind -> count
-RECONCILE_KINDS = ("restored", "fenced", "requeued", "advanced", "dispatched")
+RECONCILE_KINDS = ("restored", "fenced", "paused", "requeued", "advanced", "dispatched")
 
 BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 """Upper bounds in seconds (plus +Inf): tick lateness and duration range 10 ms to a minute."""

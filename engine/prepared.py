@@ -192,10 +192,20 @@ def _record(
     return compiled.record(*row)
 
 
+def _checkout(db: Engine) -> Any:
+    """A pooled DBAPI connection. A failed connect is raised as SQLAlchemy's exception,
+    as through `Engine.connect` (the pool itself raises the driver's own)."""
+    dbapi = db.dialect.loaded_dbapi
+    try:
+        return db.raw_connection()
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(None, None, exc, dbapi.Error, dialect=db.dialect) from exc
+
+
 @contextmanager
 def reading(db: Engine) -> Iterator[Session]:
     """A pooled connection for reads; returned to the pool (rolled back) afterwards."""
-    raw = db.raw_connection()
+    raw = _checkout(db)
     try:
         yield Session(db, raw)
     finally:
@@ -206,7 +216,7 @@ def reading(db: Engine) -> Iterator[Session]:
 def transaction(db: Engine) -> Iterator[Session]:
     """A pooled connection in one transaction: committed when the block ends, rolled
     back when it raises."""
-    raw = db.raw_connection()
+    raw = _checkout(db)
     try:
         session = Session(db, raw)
         yield session

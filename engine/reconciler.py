@@ -10,18 +10,19 @@ visibility timeout.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import bindparam, case, update
 from sqlalchemy import select as sa_select
 from sqlmodel import col
 
-from engine import health
+from engine import health, notify
 from engine.coordination import SCHEDULE, Mirror, RedisCoordinator
 from engine.db import session_scope
 from engine.dispatcher import dispatch
 from engine.logging import get_logger
-from engine.models import Bot, BotStatus
+from engine.models import Bot, BotStatus, utcnow
 from engine.runtime import Runtime
 from engine.schedule import due_at, first_slot_after, next_runnable, parks
 
@@ -34,6 +35,7 @@ class Report:
 
     restored: int = 0  # mirror missing or behind the database: rebuilt and re-enqueued
     fenced: int = 0  # a chain Redis runs but the database does not: stopped in Redis
+    paused: int = 0  # running bots paused after a database outage halted every chain
     requeued: int = 0  # overdue and unclaimed: the same slot enqueued again
     advanced: int = 0  # claimed by a dead or finished tick that never moved on
     dispatched: int = 0  # parked long-interval slots that came due
@@ -45,7 +47,14 @@ def reconcile(rt: Runtime) -> Report:
     assert isinstance(coordinator, RedisCoordinator)
     report = Report()
     now = rt.clock()
+    halted = coordinator.db_halted_since()
+    if halted is not None:
+        # Chains ended on a long database outage; now that it is back (this pass reads
+        # it), the bots are paused for an operator, before anything could revive them.
+        report.paused = pause_after_outage(rt, coordinator, halted, now)
+        return report
     _restore_mirrors(rt, coordinator, now, report)
+    coordinator.db_back()  # the database answered: an outage a tick noted is over
     grace = rt.settings.reconcile_grace_s
     # A long tick queue means overdue slots are waiting, not lost: re-sending them would
     # only lengthen the queue (a saturated system must not feed itself duplicates).
@@ -118,6 +127,42 @@ _SCHEDULES = sa_select(
 ).where(_bots.c.name.in_(bindparam("p_names", expanding=True)))
 # Bots whose mirrors Redis compares in one script call (one call blocks Redis for its run).
 _COMPARE_BATCH = 1000
+
+
+def pause_after_outage(rt: Runtime, coordinator: RedisCoordinator, since: float, now: float) -> int:
+    """Pause every running fleet bot, saying why, and let chains run again.
+
+    The outage outlasted DB_OUTAGE_PAUSE_S, so every chain ended at its guard; what the
+    market did meanwhile is unknown to the strategies. Resuming is the operator's call
+    (`botengine resume-bot`), and each bot's row says what happened.
+    """
+    lasted = now - since
+    reason = (
+        f"paused: the database was unreachable for {lasted:.0f} s (from "
+        f"{datetime.fromtimestamp(since, UTC):%Y-%m-%d %H:%M:%S} UTC), longer than "
+        f"DB_OUTAGE_PAUSE_S={rt.settings.db_outage_pause_s:g}; check the bot's orders, "
+        "then `botengine resume-bot`"
+    )
+    with session_scope(rt.db) as session:
+        rows = session.execute(
+            update(Bot)
+            .where(col(Bot.status) == BotStatus.RUNNING.value, col(Bot.runner).is_(None))
+            .values(
+                status=BotStatus.PAUSED.value,
+                generation=col(Bot.generation) + 1,
+                last_error=reason,
+                next_slot=0,
+                updated_at=utcnow(),
+            )
+            .returning(col(Bot.name), col(Bot.generation), col(Bot.origin), col(Bot.interval_s))
+        ).all()
+    for name, generation, origin, interval in rows:
+        paused = Mirror(BotStatus.PAUSED.value, generation, origin, interval, 0)
+        coordinator.publish(paused, name, 0.0, parked=False)
+    coordinator.lift_halt()
+    log.error("fleet.paused", bots=len(rows), reason=reason)
+    notify.notify(notify.FLEET_PAUSED, bots=len(rows), reason=reason)
+    return len(rows)
 
 
 def _fence_unowned(

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     worker_max_held: int = Field(0, ge=0)
     visibility_timeout_s: int = Field(3600, ge=60)
     stop_drain_timeout_s: float = Field(30.0, ge=0)
+    # A database outage longer than this ends every chain; when the database is back the
+    # reconciler pauses the running bots with the reason, for an operator to resume them
+    # (positions and orders may need a look after that long). Shorter ones are ridden
+    # out: ticks are skipped meanwhile, counting towards no bot's failure budget.
+    db_outage_pause_s: float = Field(60.0, gt=0)
     # Tick metrics are summed in each worker and written to Redis this often (0: per tick).
     metrics_flush_s: float = Field(1.0, ge=0)
     # Maintenance. The *_every_s overrides replace the calendar schedules (hourly

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from pydantic import ValidationError
 from sqlalchemy import JSON, String, bindparam, case, func, insert, update
 from sqlalchemy import select as sa_select
@@ -83,6 +84,7 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
     except Exception as exc:  # noqa: BLE001 - a strategy or exchange failure never breaks the chain
         if is_unavailable(exc):  # not the bot's failure: it counts towards no error budget
             outcome, error = TickOutcome.SKIPPED, f"database unavailable: {type(exc).__name__}"
+            database_down(rt)
         else:
             outcome, error = TickOutcome.FAILED, f"{type(exc).__name__}: {exc}"
     finally:
@@ -190,6 +192,20 @@ def drop_superseded(
     log.warning("tick.dropped", reason="superseded", error=str(exc))
 
 
+def database_down(rt: Runtime) -> None:
+    """Count this tick towards the database outage; the tick that finds it older than
+    DB_OUTAGE_PAUSE_S halts every chain (the reconciler pauses the bots once the
+    database is back) and reports it."""
+    pause_after = rt.settings.db_outage_pause_s
+    try:
+        halted = rt.coordinator.note_db_down(rt.clock(), pause_after)
+    except redis.RedisError:
+        return  # Redis is down too: the chain cannot go on anyway
+    if halted:
+        log.error("fleet.db_outage", pause_after_s=pause_after)
+        notify.notify(notify.DB_OUTAGE, pause_after_s=pause_after)
+
+
 def record_or_go_on(rt: Runtime, rec: TickRecord, fatal: bool, lock: str) -> BotStatus:
     """Step 5, and what a failed record means for the chain.
 
@@ -205,6 +221,7 @@ def record_or_go_on(rt: Runtime, rec: TickRecord, fatal: bool, lock: str) -> Bot
             rt.coordinator.complete(rec.bot, rec.generation, rec.slot, lock, None)
             raise
         log.warning("tick.unrecorded", error=f"database unavailable: {type(exc).__name__}")
+        database_down(rt)
         return BotStatus.RUNNING
     except BaseException:
         rt.coordinator.complete(rec.bot, rec.generation, rec.slot, lock, None)

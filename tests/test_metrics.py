@@ -118,7 +118,14 @@ def test_reconciler_exchange_and_rate_limit_counters(
         k: s[("botengine_reconciler_actions_total", (("kind", k),))]
         for k in metrics.RECONCILE_KINDS
     }
-    assert kinds == {"restored": 3, "fenced": 0, "requeued": 3, "advanced": 1, "dispatched": 4}
+    assert kinds == {
+        "restored": 3,
+        "fenced": 0,
+        "paused": 0,
+        "requeued": 3,
+        "advanced": 1,
+        "dispatched": 4,
+    }
     req = "botengine_exchange_requests_total"
     assert s[(req, (("exchange", "binance"), ("outcome", "ok")))] == 2
     assert s[(req, (("exchange", "binance"), ("outcome", "temporary")))] == 1
