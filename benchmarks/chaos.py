@@ -28,6 +28,7 @@ from sqlmodel import Session, select
 
 from benchmarks import fleet, invariants, metrics, report
 from benchmarks.infra import Stack, harness_runtime, open_stack
+from benchmarks.pgserver import PrivatePostgres, binaries
 from benchmarks.profiles import CHAOS_PROFILES, ChaosProfile
 from benchmarks.run import quiet_harness_logs
 from benchmarks.supervisor import Supervisor
@@ -67,7 +68,8 @@ def exchange_faults(profile: ChaosProfile) -> dict[str, Any]:
 
 
 def fault_plan(profile: ChaosProfile) -> list[tuple[float, str]]:
-    """(seconds after start, "kill" | "redis_restart" | "beat_kill") in time order, seeded.
+    """(seconds after start, "kill" | "redis_restart" | "beat_kill" | "db_restart") in
+    time order, seeded.
 
     Faults are spread evenly over 15-75 % of the run with a seeded jitter, so each
     one's recovery is seen on its own; their order is shuffled by the seed.
@@ -77,6 +79,7 @@ def fault_plan(profile: ChaosProfile) -> list[tuple[float, str]]:
         ["kill"] * profile.kills
         + ["redis_restart"] * profile.redis_restarts
         + ["beat_kill"] * profile.beat_kills
+        + ["db_restart"] * profile.db_restarts
     )
     rng.shuffle(kinds)
     lo, hi = 0.15 * profile.duration_s, 0.75 * profile.duration_s
@@ -101,9 +104,12 @@ def start_twice(rt: Runtime, configs: list[Any]) -> dict[str, int]:
 class Chaos:
     """One fault run on a private stack."""
 
-    def __init__(self, stack: Stack, profile: ChaosProfile) -> None:
+    def __init__(
+        self, stack: Stack, profile: ChaosProfile, pg: PrivatePostgres | None = None
+    ) -> None:
         self.stack = stack
         self.profile = profile
+        self.pg = pg
         self.rt = harness_runtime()
         self.rng = random.Random(profile.seed + 1)
         self.faults: list[tuple[str, float]] = []
@@ -160,6 +166,17 @@ class Chaos:
         self.faults.append(("redis_restart", time.time()))
         _say("Redis restarted empty")
 
+    def restart_db(self) -> None:
+        """Stop the run's PostgreSQL for `db_down_s`, then start it again; the recovery
+        bound counts from its return (ticks meanwhile are skipped and unrecorded)."""
+        assert self.pg is not None
+        self.pg.stop()
+        _say(f"PostgreSQL stopped for {self.profile.db_down_s:g} s")
+        time.sleep(self.profile.db_down_s)
+        self.pg.start()
+        self.faults.append(("db_restart", time.time()))
+        _say("PostgreSQL started again")
+
     def run(self) -> dict[str, Any]:
         """The whole run: start, faults, stop, reconcile, check."""
         p = self.profile
@@ -185,6 +202,7 @@ class Chaos:
             "kill": self.kill_worker,
             "redis_restart": self.restart_redis,
             "beat_kill": self.kill_beat,
+            "db_restart": self.restart_db,
         }
         for offset, kind in fault_plan(p):
             _sleep_until(t0 + offset)
@@ -318,6 +336,10 @@ class Chaos:
                     "tick.duplicate_record",
                     "reconcile.advanced",
                     "reconcile.restored",
+                    "reconcile.fenced",
+                    "tick.unrecorded",
+                    "fleet.db_outage",
+                    "fleet.paused",
                     "order.unknown",
                     "order.duplicate",
                     "order.fenced",
@@ -366,7 +388,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {check['name']} | {'yes' if check['ok'] else 'NO'} | `{detail}` |")
     lines += [
         "",
-        f"faults: {result['faults']}",
+        f"faults: {result['faults']}"
+        + (f" ({result['skipped']})" if result.get("skipped") else ""),
         f"exchange faults fired: {result['exchange_faults_fired']}",
         f"log events: {result['log_events']}",
         f"processes that exited by themselves (restarted as compose's `restart: "
@@ -386,6 +409,8 @@ def parse_args(argv: list[str] | None) -> tuple[ChaosProfile, argparse.Namespace
     parser.add_argument("--kills", type=int)
     parser.add_argument("--redis-restarts", type=int)
     parser.add_argument("--beat-kills", type=int)
+    parser.add_argument("--db-restarts", type=int)
+    parser.add_argument("--db-down", type=float, dest="db_down_s")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--pool", choices=["threads", "prefork", "gevent", "solo"])
@@ -403,6 +428,8 @@ def parse_args(argv: list[str] | None) -> tuple[ChaosProfile, argparse.Namespace
             "kills",
             "redis_restarts",
             "beat_kills",
+            "db_restarts",
+            "db_down_s",
             "seed",
             "workers",
             "pool",
@@ -417,12 +444,29 @@ def main(argv: list[str] | None = None) -> int:
     invariant."""
     profile, args = parse_args(argv)
     run_id = f"chaos-{profile.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    with open_stack(
-        database_url=args.database_url, extra_env=CHAOS_ENV, keep=args.keep, seed=profile.seed
-    ) as stack:
-        quiet_harness_logs()
-        _say(f"{run_id}: run dir {stack.workdir}")
-        result = Chaos(stack, profile).run()
+    pg, skipped = None, None
+    if profile.db_restarts:
+        if args.database_url is not None:
+            skipped = "db_restart skipped: --database-url is not the run's own server"
+        elif binaries() is None:
+            skipped = "db_restart skipped: no PostgreSQL server binaries (initdb, pg_ctl)"
+        else:
+            pg = PrivatePostgres().init()
+        if skipped:
+            _say(skipped)
+            profile = profile.with_overrides(db_restarts=0)
+    database_url = pg.url if pg is not None else args.database_url
+    try:
+        with open_stack(
+            database_url=database_url, extra_env=CHAOS_ENV, keep=args.keep, seed=profile.seed
+        ) as stack:
+            quiet_harness_logs()
+            _say(f"{run_id}: run dir {stack.workdir}, database {database_url or 'SQLite'}")
+            result = Chaos(stack, profile, pg).run()
+    finally:
+        if pg is not None:
+            pg.destroy()
+    result["skipped"] = skipped
     result["run"] = run_id
     result["meta"] = {
         "machine": report.machine(),

@@ -109,6 +109,10 @@ class ChaosProfile:
     # Beat SIGKILLed and started again `beat_down_s` later (compose restarts it).
     beat_kills: int = 0
     beat_down_s: float = 5.0
+    # The run's PostgreSQL (a private server) stopped for `db_down_s`, then started again;
+    # runs on SQLite or a given database URL skip it (it would stop someone else's server).
+    db_restarts: int = 1
+    db_down_s: float = 20.0
     # Every n-th bot ticks at 3x the interval, beyond the run's ETA horizon: each of its
     # slots is parked and only beat's dispatch sends it (0: none).
     parked_every: int = 3
@@ -145,6 +149,7 @@ CHAOS_PROFILES: dict[str, ChaosProfile] = {
         kills=1,
         redis_restarts=1,
         beat_kills=1,
+        db_down_s=8.0,
     ),
     "medium": ChaosProfile(
         "medium",
