@@ -22,6 +22,7 @@ from celery import states
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from sqlmodel import Session
 
 from engine import runtime as runtime_module
 from engine.api import create_app
@@ -649,6 +650,31 @@ def test_task_states_from_the_backend_and_bad_task_ids(api: Api) -> None:
     bad = api.get("/tasks/" + "x" * 300)
     assert bad.status_code == 422
     assert _error(bad)["fields"][0]["field"] == "task_id"
+
+
+@pytest.mark.parametrize("action", ["start", "stop", "pause", "resume"])
+def test_a_lifecycle_call_refused_for_a_dead_redis_changed_nothing(
+    redis_url: str, db_url: str, action: str
+) -> None:
+    # Given a bot in the database (running, or paused for resume), and Redis gone
+    with make_api(redis_url, db_url) as api:
+        api.put("still", bot_yaml("still"))
+        if action != "start":
+            api.post("/bots/still/start")
+        if action == "resume":
+            api.post("/bots/still/pause")
+        before = api.get("/bots/still").json()
+    rt = _runtime(DEAD, db_url)
+    client, _ = _client(rt, DEAD)
+    # When the lifecycle call is made
+    response = client.post(f"/api/v1/bots/still/{action}", headers=AUTH)
+    # Then it is 503, saying nothing changed, and nothing did
+    assert response.status_code == 503, response.text
+    assert "nothing was changed" in _error(response)["message"]
+    with Session(engine_for(db_url)) as session:
+        row = session.get(Bot, "still")
+    assert row is not None
+    assert (row.status, row.generation) == (before["status"], before["generation"])
 
 
 def test_tasks_run_inline_when_the_broker_is_down(

@@ -17,12 +17,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine.db import is_unavailable
 from engine.errors import (
     BotConfigError,
     BotEngineError,
     BotNotFoundError,
+    BrokerUnavailableError,
     ConfigError,
     ExchangeError,
 )
@@ -151,12 +154,22 @@ async def _engine_error(_: Request, exc: Exception) -> Response:
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
     log.warning("api.unavailable", path=request.url.path, error=f"{type(exc).__name__}: {exc}")
-    return error_response(
-        503,
-        "unavailable",
-        "Redis or the broker cannot be reached; what the database recorded stands, and the "
-        "reconciler enqueues running bots when it is back",
-    )
+    if isinstance(exc, BrokerUnavailableError):
+        message = str(exc)  # a lifecycle command refused before it changed anything
+    elif isinstance(exc, DBAPIError):
+        message = "the database cannot be reached; nothing was changed"
+    else:
+        message = (
+            "Redis or the broker cannot be reached; what the database recorded stands, and "
+            "the reconciler enqueues running bots when it is back"
+        )
+    return error_response(503, "unavailable", message)
+
+
+async def _database(request: Request, exc: Exception) -> Response:
+    if is_unavailable(exc):
+        return await _unavailable(request, exc)
+    raise exc  # not an outage: the catch-all's generic 500
 
 
 async def catch_all(
@@ -180,6 +193,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ConfigError, _misconfigured)
     app.add_exception_handler(ExchangeError, _exchange_error)
     app.add_exception_handler(BotEngineError, _engine_error)
+    app.add_exception_handler(BrokerUnavailableError, _unavailable)
+    app.add_exception_handler(DBAPIError, _database)
     app.add_exception_handler(redis.RedisError, _unavailable)
     app.add_exception_handler(KombuOperationalError, _unavailable)
     app.middleware("http")(catch_all)
