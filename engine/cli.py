@@ -76,25 +76,58 @@ def _main() -> None:
 
 
 @app.command()
-def validate(files: Annotated[list[Path], typer.Argument(help="Bot YAML files")]) -> None:
-    """Check bot config files without starting anything."""
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Bot YAML files")],
+    offline: Annotated[
+        bool, typer.Option(help="Do not ask the exchanges whether they list the symbols")
+    ] = False,
+) -> None:
+    """Check bot config files without starting anything (and, unless --offline, that
+    each exchange lists the bot's symbol)."""
     from engine.config import load_bot_config
 
     failed = False
     for path in files:
         try:
             config = load_bot_config(path)
-            out.print(
-                f"{path}: ok ({config.name}, {config.strategy.name}, {config.symbol})",
-                markup=False,
-                highlight=False,
-            )
         except BotConfigError as exc:
             failed = True
             for problem in exc.problems:
                 err.print(problem, markup=False, highlight=False, soft_wrap=True)
+            continue
+        if not offline and not _preflight(path, config):
+            failed = True
+            continue
+        out.print(
+            f"{path}: ok ({config.name}, {config.strategy.name}, {config.symbol})",
+            markup=False,
+            highlight=False,
+        )
     if failed:
         raise typer.Exit(1)
+
+
+def _preflight(path: Path, config: Any) -> bool:
+    """Print what the exchange says of the bot's symbol; False when it cannot trade."""
+    from engine.preflight import check_market
+    from engine.settings import get_settings
+
+    found = check_market(config, get_settings(), f"{path}:{_line_of(path, 'symbol')}: symbol")
+    for problem in found.problems:
+        err.print(problem, markup=False, highlight=False, soft_wrap=True)
+    for warning in found.warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+    return not found.problems
+
+
+def _line_of(path: Path, key: str) -> int:
+    """The 1-based line of a top-level key in a bot file (1 when unknown)."""
+    from engine.yamlsafe import DocumentError, parse_yaml
+
+    try:
+        return parse_yaml(path.read_text(encoding="utf-8")).lines.get((key,), 1)
+    except (DocumentError, OSError, UnicodeDecodeError):
+        return 1
 
 
 @app.command("start-bot")
@@ -108,6 +141,8 @@ def start_bot(file: Annotated[Path, typer.Argument(help="Bot YAML file")]) -> No
         config = load_bot_config(file)
     except BotConfigError as exc:
         raise _fail(str(exc)) from None
+    if not _preflight(file, config):
+        raise typer.Exit(1)  # nothing started
     rt = _runtime()
     try:
         result = start(rt, config, source=str(file))

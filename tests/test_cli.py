@@ -82,3 +82,28 @@ def test_cli_errors_are_one_clear_line(engine: Engine, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "good.yaml: ok" in result.stdout
     assert "check_interval" in result.stderr
+
+
+@pytest.mark.sqlite_only
+def test_validate_and_start_bot_ask_the_exchange_for_the_symbol(
+    engine: Engine, tmp_path: Path
+) -> None:
+    # Given a valid file whose symbol the exchange (the simulator) does not list
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(bot_yaml("typo", symbol="BTC/USDX"))
+    # When it is validated, then started
+    validated = _cli(engine.env, "validate", str(bad))
+    started = _cli(engine.env, "start-bot", str(bad))
+    # Then both refuse, naming file, line and field, and nothing was created
+    for done in (validated, started):
+        assert done.returncode == 1
+        assert f"{bad}:3: symbol: BTC/USDX is not listed on simulator" in done.stderr
+    assert "typo" not in _cli(engine.env, "status", "--json").stdout
+    # And --offline skips that question
+    assert _cli(engine.env, "validate", "--offline", str(bad)).returncode == 0
+    # And an exchange that cannot be reached is a warning, not a refusal
+    away = {**engine.env, "SIMULATOR_URL": "http://127.0.0.1:1"}
+    unreachable = _cli(away, "validate", str(bad))
+    assert unreachable.returncode == 0
+    assert "warning:" in unreachable.stderr
+    assert "could not check" in unreachable.stderr
