@@ -18,15 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
-from sqlalchemy import Engine, Float, String, bindparam, case, func, insert, or_, update
-from sqlalchemy import select as sa_select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from engine import notify, prepared
+from engine import notify
 from engine.domain import MarketRules, OpenOrder, OrderIntent, OrderType, Side, Ticker
 from engine.errors import (
     ExchangeBannedError,
@@ -38,8 +36,8 @@ from engine.errors import (
 from engine.exchange.catalog import client_id_rules
 from engine.exchange.fills import floor_to_step, resolve_amount, round_to_step
 from engine.exchange.gateway import Gateway, OrderReport, OrderRequest, OrderStatus
-from engine.models import Fill, Order, UtcDateTime, utcnow
-from engine.prepared import Prepared
+from engine.models import Fill, Order, utcnow
+from engine.store import LIVE, DbOrderStore
 
 log = structlog.get_logger("engine.orders")
 
@@ -49,72 +47,45 @@ reached the exchange" (exchanges index new orders with a small delay)."""
 BINANCE_ID_CHARS = r"[.A-Z:/a-z0-9_-]"
 ID_PREFIX = "be"
 """Marks the engine's orders (botengine) among others on the same account."""
-_LIVE = (OrderStatus.PENDING_SUBMIT, OrderStatus.UNKNOWN, OrderStatus.OPEN)
 _EPS = 1e-12
 
-# The two reads every tick makes, built once and run on a bare connection: an ORM
-# session costs several times the query itself (see benchmarks.tickcost).
-_orders = Order.__table__  # type: ignore[attr-defined]
-_fills = Fill.__table__  # type: ignore[attr-defined]
-_LIVE_ROWS = Prepared(
-    sa_select(_orders)
-    # OR of fixed parameters, not IN: an IN list is re-rendered on every execution
-    # (SQLAlchemy's "expanding" parameters), ~0.1 ms of every tick.
-    .where(_orders.c.bot == bindparam("bot"), or_(*(_orders.c.status == s.value for s in _LIVE)))
-    .order_by(_orders.c.id)
-)
-_BY_CID = sa_select(_orders).where(_orders.c.client_order_id == bindparam("cid"))
-# The statements of an order's life (submit, report, reconcile): a tenth of the ticks
-# at saturation trade, and through Core these cost as much again as the tick's reads.
-_NEW_ORDER = (
-    "client_order_id", "bot", "generation", "slot", "intent_index", "exchange", "symbol",
-    "side", "type", "amount", "price", "reason", "tag", "status", "error", "created_at",
-    "updated_at",
-)  # fmt: skip
-_INSERT_ORDER = Prepared(insert(_orders).returning(_orders.c.id), columns=_NEW_ORDER)
-_INSERT_FILL = Prepared(insert(_fills), columns=[c.key for c in _fills.c if c.key != "id"])
-_SET_STATUS = Prepared(
-    update(_orders)
-    .where(_orders.c.id == bindparam("p_id"))
-    .values(
-        status=bindparam("p_status"),
-        error=bindparam("p_error", type_=String),
-        updated_at=bindparam("p_at", type_=UtcDateTime()),
-    )
-)
-_BY_ID = Prepared(sa_select(_orders).where(_orders.c.id == bindparam("p_id")))
-_APPLY = Prepared(
-    update(_orders)
-    .where(_orders.c.id == bindparam("p_id"))
-    .values(
-        status=bindparam("p_status"),
-        exchange_order_id=bindparam("p_xid", type_=String),
-        filled=bindparam("p_filled"),
-        average=bindparam("p_average", type_=Float),
-        fee=bindparam("p_fee"),
-        fee_currency=bindparam("p_fee_currency", type_=String),
-        error=bindparam("p_error", type_=String),
-        updated_at=bindparam("p_at", type_=UtcDateTime()),
-    )
-)
-# What fill rows already cover of an order: amount, cost and fees.
-_BOOKED = Prepared(
-    sa_select(
-        func.coalesce(func.sum(_fills.c.amount), 0.0),
-        func.coalesce(func.sum(_fills.c.amount * _fills.c.price), 0.0),
-        func.coalesce(func.sum(_fills.c.fee), 0.0),
-    ).where(_fills.c.order_id == bindparam("order_id"))
-)
-_POSITION = Prepared(
-    sa_select(
-        func.coalesce(
-            func.sum(
-                case((_fills.c.side == Side.BUY.value, _fills.c.amount), else_=-_fills.c.amount)
-            ),
-            0.0,
-        )
-    ).where(_fills.c.bot == bindparam("bot"))
-)
+
+class OrderStore(Protocol):
+    """Where orders and their fills are kept: the database (`engine.store.DbOrderStore`)
+    live and on paper, memory in a backtest. Rows are `engine.models.Order` objects."""
+
+    def insert(self, values: dict[str, Any]) -> int | None:
+        """Write a new order; its id, or None when its client order id exists already."""
+        ...
+
+    def by_cid(self, cid: str) -> Order | None:
+        """The order with this client order id."""
+        ...
+
+    def set_status(self, row: Order, status: OrderStatus, error: str | None) -> Order:
+        """Write a new status (and error) to the order and to `row`; returns `row`."""
+        ...
+
+    def apply(self, row: Order, report: OrderReport) -> str:
+        """Book the fills `report` adds, write its status; returns the status before."""
+        ...
+
+    def live(self, bot: str) -> list[Order]:
+        """The bot's pending, unknown and open orders, oldest first."""
+        ...
+
+    def position(self, bot: str) -> float:
+        """The bot's base-currency position from its fills."""
+        ...
+
+
+Stores = OrderStore | Engine
+"""An order store, or a database engine standing for its DbOrderStore."""
+
+
+def as_store(store: Stores) -> OrderStore:
+    """`store`, or the database store of an engine."""
+    return DbOrderStore(store) if isinstance(store, Engine) else store
 
 
 # -- client order ids ---------------------------------------------------------------
@@ -182,7 +153,7 @@ def size_order(
 
 
 def submit(
-    db: Engine,
+    store: Stores,
     gateway: Gateway,
     *,
     bot: str,
@@ -201,6 +172,7 @@ def submit(
     OperationalError (credentials: the bot must stop) and ExchangeBannedError (the tick
     must stop sending); every other exchange failure is recorded on the row.
     """
+    store = as_store(store)
     id_rules = client_id_rules(gateway.exchange_id)
     cid = client_order_id(bot, generation, slot, index, id_rules.max_len, id_rules.allowed)
     now = utcnow()
@@ -228,10 +200,10 @@ def submit(
     except OrderRejectedError as exc:
         values["status"], values["error"] = OrderStatus.REJECTED.value, str(exc)
     row = Order(**values)
-    row.id = _insert(db, values)
+    row.id = store.insert(values)
     if row.id is None:
         log.warning("order.duplicate", client_order_id=cid)
-        _resolve_existing(db, gateway, cid)
+        _resolve_existing(store, gateway, cid)
         return None
     if row.status == OrderStatus.REJECTED.value:
         log.info("order.too_small", client_order_id=cid, error=row.error)
@@ -239,7 +211,7 @@ def submit(
     try:
         fence()  # right before sending: a stopped bot sends nothing more
     except FencedError:
-        _set_status(db, row, OrderStatus.REJECTED, "fenced")
+        store.set_status(row, OrderStatus.REJECTED, "fenced")
         log.info("order.fenced", client_order_id=cid)
         raise
     request = OrderRequest(rules.symbol, intent.side, intent.type, row.amount, cid, row.price)
@@ -247,18 +219,18 @@ def submit(
         report = gateway.create_order(request)
     except OrderRejectedError as exc:
         log.info("order.rejected", client_order_id=cid, error=str(exc))
-        return _set_status(db, row, OrderStatus.REJECTED, str(exc))
+        return store.set_status(row, OrderStatus.REJECTED, str(exc))
     except OperationalError as exc:
-        _set_status(db, row, OrderStatus.REJECTED, str(exc))
+        store.set_status(row, OrderStatus.REJECTED, str(exc))
         raise
     except TemporaryError as exc:  # timeout, lost answer, 5xx: the order may exist
         log.warning("order.unknown", client_order_id=cid, error=str(exc))
-        stored = _set_status(db, row, OrderStatus.UNKNOWN, str(exc))
+        stored = store.set_status(row, OrderStatus.UNKNOWN, str(exc))
         if isinstance(exc, ExchangeBannedError):
             raise
         return stored
     except BaseException as exc:
-        _set_status(db, row, OrderStatus.UNKNOWN, f"{type(exc).__name__}: {exc}")
+        store.set_status(row, OrderStatus.UNKNOWN, f"{type(exc).__name__}: {exc}")
         raise
     log.info(
         "order.sent",
@@ -268,108 +240,25 @@ def submit(
         side=intent.side.value,
         amount=row.amount,
     )
-    return apply_report(db, row, report)
+    return apply_report(store, row, report)
 
 
-def _insert(db: Engine, values: dict[str, Any]) -> int | None:
-    """Write a new order row; its id, or None if its client order id exists already."""
-    try:
-        with prepared.transaction(db) as conn:
-            key = conn.scalar(_INSERT_ORDER, values)
-    except IntegrityError:
-        return None
-    return int(key)
-
-
-def _resolve_existing(db: Engine, gateway: Gateway, cid: str) -> None:
+def _resolve_existing(store: OrderStore, gateway: Gateway, cid: str) -> None:
     """A retried slot found its order row: settle it by lookup, never by sending."""
-    with db.connect() as conn:
-        found = conn.execute(_BY_CID, {"cid": cid}).first()
-    if found is not None and OrderStatus(found.status) in _LIVE:
-        _reconcile_row(db, gateway, Order(**found._mapping), None, RECONCILE_GRACE_S)
+    found = store.by_cid(cid)
+    if found is not None and OrderStatus(found.status) in LIVE:
+        _reconcile_row(store, gateway, found, None, RECONCILE_GRACE_S)
 
 
-def _set_status(db: Engine, row: Order, status: OrderStatus, error: str | None) -> Order:
-    """Write a new status and error to the row (and to `row`, which is returned)."""
-    row.status, row.error, row.updated_at = status.value, error, utcnow()
-    with prepared.transaction(db) as conn:
-        conn.run(
-            _SET_STATUS,
-            {"p_id": row.id, "p_status": row.status, "p_error": error, "p_at": row.updated_at},
-        )
-    return row
-
-
-def book_fill(
-    conn: prepared.Session,
-    order: Any,
-    *,
-    amount: float,
-    price: float,
-    fee: float,
-    fee_currency: str | None,
-) -> None:
-    """Add one fill of `order` (any row of it: its id, bot, symbol and side are read) to
-    the fills ledger, in the caller's transaction."""
-    conn.run(
-        _INSERT_FILL,
-        {
-            "order_id": order.id,
-            "bot": order.bot,
-            "symbol": order.symbol,
-            "side": order.side,
-            "amount": amount,
-            "price": price,
-            "fee": fee,
-            "fee_currency": fee_currency,
-            "filled_at": utcnow(),
-        },
-    )
-
-
-def apply_report(db: Engine, row: Order, report: OrderReport) -> Order:
+def apply_report(store: Stores, row: Order, report: OrderReport) -> Order:
     """Record what the exchange says about an order: status, fills and fees.
 
-    Fill rows are added for the part of `report.filled` not yet covered by fill rows,
-    so applying the same report twice changes nothing (and the paper broker, which
-    books its own fill rows, is not counted twice). Returns `row`, brought up to date.
+    Fills are booked for the part of `report.filled` not yet covered by fills, so
+    applying the same report twice changes nothing (and the paper broker, which books
+    its own fills, is not counted twice). Returns `row`, brought up to date.
     """
-    with prepared.transaction(db) as conn:
-        found = conn.first(_BY_ID, {"p_id": row.id})
-        amount, cost, fees = conn.first(_BOOKED, {"order_id": row.id})
-        delta = report.filled - amount
-        if delta > _EPS * max(1.0, report.filled):
-            average = report.average or report.price or found.price or 0.0
-            price = (average * report.filled - cost) / delta
-            book_fill(
-                conn,
-                found,
-                amount=delta,
-                price=price if price > 0 else average,
-                fee=max(0.0, report.fee - fees),
-                fee_currency=report.fee_currency,
-            )
-        row.status = report.status.value
-        row.exchange_order_id = report.exchange_order_id or found.exchange_order_id
-        row.filled, row.average = report.filled, report.average
-        row.fee, row.fee_currency = report.fee, report.fee_currency
-        row.error = found.error if report.status is OrderStatus.REJECTED else None
-        row.updated_at = utcnow()
-        conn.run(
-            _APPLY,
-            {
-                "p_id": row.id,
-                "p_status": row.status,
-                "p_xid": row.exchange_order_id,
-                "p_filled": row.filled,
-                "p_average": row.average,
-                "p_fee": row.fee,
-                "p_fee_currency": row.fee_currency,
-                "p_error": row.error,
-                "p_at": row.updated_at,
-            },
-        )
-    if report.status is OrderStatus.CLOSED and found.status != OrderStatus.CLOSED.value:
+    before = as_store(store).apply(row, report)
+    if report.status is OrderStatus.CLOSED and before != OrderStatus.CLOSED.value:
         notify.notify(
             notify.ORDER_FILLED,
             bot=row.bot,
@@ -385,13 +274,15 @@ def apply_report(db: Engine, row: Order, report: OrderReport) -> Order:
 # -- reconcile and cancel -------------------------------------------------------------
 
 
-def reconcile(db: Engine, bot: str, gateway: Gateway, *, grace_s: float = RECONCILE_GRACE_S) -> int:
+def reconcile(
+    store: Stores, bot: str, gateway: Gateway, *, grace_s: float = RECONCILE_GRACE_S
+) -> int:
     """Settle the bot's pending, unknown and open orders; returns how many changed status."""
-    return settle(db, bot, gateway, grace_s=grace_s)[0]
+    return settle(store, bot, gateway, grace_s=grace_s)[0]
 
 
 def settle(
-    db: Engine, bot: str, gateway: Gateway, *, grace_s: float = RECONCILE_GRACE_S
+    store: Stores, bot: str, gateway: Gateway, *, grace_s: float = RECONCILE_GRACE_S
 ) -> tuple[int, list[OpenOrder]]:
     """Settle the bot's pending, unknown and open orders against the exchange.
 
@@ -402,7 +293,8 @@ def settle(
     the strategy, so it costs one query when nothing changed). A bot with no such
     orders costs no request.
     """
-    rows = _live_rows(db, bot)
+    store = as_store(store)
+    rows = store.live(bot)
     changed = 0
     for symbol in sorted({r.symbol for r in rows}):
         mine = [r for r in rows if r.symbol == symbol]
@@ -411,33 +303,35 @@ def settle(
             resting = {o.client_order_id: o for o in gateway.fetch_open_orders(symbol)}
         for row in mine:
             report = None if resting is None else resting.get(row.client_order_id)
-            changed += _reconcile_row(db, gateway, row, report, grace_s)
+            changed += _reconcile_row(store, gateway, row, report, grace_s)
     if changed:
-        rows = _live_rows(db, bot)
+        rows = store.live(bot)
     return changed, [_open_order(r) for r in rows]
 
 
 def bots_with_live_orders(db: Engine) -> list[str]:
     """Bots that have orders pending, unknown or open (to settle at worker start)."""
     with Session(db) as session:
-        query = select(Order.bot).where(col(Order.status).in_([s.value for s in _LIVE]))
+        query = select(Order.bot).where(col(Order.status).in_([s.value for s in LIVE]))
         return sorted(set(session.exec(query.distinct())))
 
 
 def _reconcile_row(
-    db: Engine, gateway: Gateway, row: Order, report: OrderReport | None, grace_s: float
+    store: OrderStore, gateway: Gateway, row: Order, report: OrderReport | None, grace_s: float
 ) -> int:
     before = row.status
     if report is None:
         report = gateway.fetch_order(row.symbol, row.client_order_id)
     if report is not None:
-        after = apply_report(db, row, report).status
+        after = apply_report(store, row, report).status
     elif utcnow() - row.created_at < timedelta(seconds=grace_s):
         return 0  # may still be on its way, or not yet indexed by the exchange
     elif before == OrderStatus.OPEN.value:
-        after = _set_status(db, row, OrderStatus.EXPIRED, "no longer known to the exchange").status
+        gone = "no longer known to the exchange"
+        after = store.set_status(row, OrderStatus.EXPIRED, gone).status
     else:
-        after = _set_status(db, row, OrderStatus.REJECTED, "never reached the exchange").status
+        never = "never reached the exchange"
+        after = store.set_status(row, OrderStatus.REJECTED, never).status
     if after != before:
         log.info(
             "order.reconciled", client_order_id=row.client_order_id, before=before, after=after
@@ -445,12 +339,13 @@ def _reconcile_row(
     return int(after != before)
 
 
-def cancel_open(db: Engine, bot: str, gateway: Gateway) -> int:
+def cancel_open(store: Stores, bot: str, gateway: Gateway) -> int:
     """Cancel every open order of the bot (`on_stop: cancel`); returns how many were
     cancelled. Orders the exchange no longer knows are settled by `reconcile`."""
-    reconcile(db, bot, gateway)
+    store = as_store(store)
+    reconcile(store, bot, gateway)
     cancelled = 0
-    for row in _live_rows(db, bot):
+    for row in store.live(bot):
         if row.status != OrderStatus.OPEN.value:
             continue
         try:
@@ -458,20 +353,14 @@ def cancel_open(db: Engine, bot: str, gateway: Gateway) -> int:
         except OrderRejectedError as exc:
             log.warning("order.cancel_failed", client_order_id=row.client_order_id, error=str(exc))
             continue
-        cancelled += apply_report(db, row, report).status == "canceled"
+        cancelled += apply_report(store, row, report).status == "canceled"
     return cancelled
 
 
-def _live_rows(db: Engine, bot: str) -> list[Order]:
-    with prepared.reading(db) as conn:
-        rows = conn.mappings(_LIVE_ROWS, {"bot": bot})
-    return [Order(**row) for row in rows]
-
-
-def open_orders(db: Engine, bot: str) -> list[OpenOrder]:
+def open_orders(store: Stores, bot: str) -> list[OpenOrder]:
     """The bot's orders that may rest on the book: open, and also pending or unknown
     ones (so a strategy does not place a level twice while one is being resolved)."""
-    return [_open_order(r) for r in _live_rows(db, bot)]
+    return [_open_order(r) for r in as_store(store).live(bot)]
 
 
 def _open_order(row: Order) -> OpenOrder:
@@ -508,13 +397,9 @@ class PnL:
         return self.realized + self.unrealized - self.fees
 
 
-def position(db: Engine, bot: str) -> float:
-    """The bot's base-currency position: its bought minus its sold fill amounts.
-
-    One SQL aggregate per tick, rather than loading every fill the bot ever had.
-    """
-    with prepared.reading(db) as conn:
-        return float(conn.scalar(_POSITION, {"bot": bot}))
+def position(store: Stores, bot: str) -> float:
+    """The bot's base-currency position: its bought minus its sold fill amounts."""
+    return as_store(store).position(bot)
 
 
 def position_and_pnl(db: Engine, bot: str, price: float | None = None) -> PnL:

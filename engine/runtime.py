@@ -26,6 +26,7 @@ from engine.exchange.ratelimit import BanWatch
 from engine.metrics import TickBuffer
 from engine.outbox import TickOutbox, expires_in, outbox_for, tick_id
 from engine.settings import Settings, get_settings
+from engine.store import DbOrderStore
 
 if TYPE_CHECKING:
     from engine.config import BotConfig
@@ -62,9 +63,11 @@ class Runtime:
     # The tick's check for an exchange ban, cached briefly (see ratelimit.BanWatch).
     bans: BanWatch = field(default_factory=BanWatch)
     tick_metrics: TickBuffer = field(init=False)
+    order_store: DbOrderStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.tick_metrics = TickBuffer(self.redis, self.settings.metrics_flush_s)
+        self.order_store = DbOrderStore(self.db)
 
     def gateway(self, config: BotConfig) -> Gateway:
         """The gateway a bot trades through (process-wide caches live in the factory)."""

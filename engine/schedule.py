@@ -44,3 +44,14 @@ def successor(origin: float, interval: float, slot: int, now: float) -> tuple[in
     """The slot to run after `slot`, and how many slots in between are missed."""
     nxt = max(slot + 1, next_runnable(origin, interval, now))
     return nxt, nxt - slot - 1
+
+
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def timeframe_ms(timeframe: str) -> int:
+    """The width of a candle timeframe (`1s`, `5m`, `4h`, `1d`) in milliseconds."""
+    count, unit = timeframe[:-1], timeframe[-1]
+    if not count.isdigit() or unit not in _UNIT_S:
+        raise ValueError(f"unknown timeframe {timeframe!r}")
+    return int(count) * _UNIT_S[unit] * 1000

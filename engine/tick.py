@@ -16,18 +16,17 @@ from sqlalchemy import JSON, String, bindparam, case, func, insert, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 
-from engine import admission, notify, orders, prepared
+from engine import admission, kernel, notify, prepared
 from engine import logging as elog
 from engine.config import BotConfig
 from engine.coordination import Mirror, Next, Verdict
 from engine.db import is_unavailable
-from engine.domain import MarketContext
 from engine.errors import ExchangeBannedError, FencedError, OperationalError, SupersededError
 from engine.exchange.gateway import Gateway
 from engine.exchange.retry import time_budget
 from engine.models import Bot, BotStatus, StrategyState, Tick, TickOutcome, UtcDateTime
 from engine.prepared import Prepared
-from engine.risk import RiskLimits, apply_risk
+from engine.risk import RiskLimits
 from engine.runtime import Runtime
 from engine.schedule import due_at, parks, successor
 from strategies.base import Strategy
@@ -231,58 +230,37 @@ def record_or_go_on(rt: Runtime, rec: TickRecord, fatal: bool, lock: str) -> Bot
 def trade(
     rt: Runtime, bot: str, generation: int, slot: int, due: float, state: dict[str, Any]
 ) -> tuple[int, dict[str, Any] | None]:
-    """Step 4: market data → strategy (pure) → risk → orders.
+    """Step 4: the trading kernel's step on this bot's live or paper ports.
 
     `state` is the strategy's persisted state (read by the guard). Returns the number
     of orders sent and the strategy's new state (None: unchanged), which step 5 stores
     in the same transaction as the tick.
     """
     setup = bot_setup(rt, bot, generation)
-    gateway, strategy = setup.gateway, setup.strategy
     elog.bind(exchange=setup.exchange, symbol=setup.symbol)
     if rt.redis is not None and (until := rt.bans.until(rt.redis, setup.exchange)) is not None:
         raise ExchangeBannedError(f"{setup.exchange} banned this IP until {until:.0f}")
-    # Settle what earlier ticks left open or unknown, before deciding anything new.
-    _, still_open = orders.settle(rt.db, bot, gateway, grace_s=rt.settings.reconcile_grace_s)
-    rules = gateway.market_rules(setup.symbol)
-    ticker = gateway.fetch_ticker(setup.symbol)
-    needed = strategy.candles_needed()
-    candles = gateway.fetch_ohlcv(setup.symbol, setup.timeframe, needed) if needed else []
-    ctx = MarketContext(
-        symbol=setup.symbol,
-        now=int(due * 1000),
-        candles=tuple(candles),
-        ticker=ticker,
-        position=orders.position(rt.db, bot),
-        balances=gateway.fetch_balances(),
-        open_orders=tuple(still_open),
-        rules=rules,
-    )
-    decision = strategy.decide(ctx, state)
-    checked = apply_risk(decision.intents, ctx, setup.risk)
-    for intent, reason in checked.dropped:
-        log.info("order.dropped", side=intent.side.value, reason=reason)
 
     def fence() -> None:
         if rt.coordinator.generation(bot) != generation:
             raise FencedError(f"bot {bot} left generation {generation}; no further orders")
 
-    sent = 0
-    for index, intent in enumerate(checked.kept):
-        if orders.submit(
-            rt.db,
-            gateway,
-            bot=bot,
-            generation=generation,
-            slot=slot,
-            index=index,
-            intent=intent,
-            ticker=ticker,
-            rules=rules,
-            fence=fence,
-        ):
-            sent += 1
-    return sent, decision.state
+    turn = kernel.Turn(
+        bot=bot,
+        generation=generation,
+        slot=slot,
+        now_ms=int(due * 1000),
+        symbol=setup.symbol,
+        timeframe=setup.timeframe,
+        strategy=setup.strategy,
+        risk=setup.risk,
+        gateway=setup.gateway,
+        store=rt.order_store,
+        fence=fence,
+        grace_s=rt.settings.reconcile_grace_s,
+    )
+    result = kernel.step(turn, state)
+    return result.sent, result.state
 
 
 @dataclass(frozen=True, slots=True)

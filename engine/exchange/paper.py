@@ -34,8 +34,8 @@ from engine.errors import OrderRejectedError
 from engine.exchange import fills
 from engine.exchange.gateway import Gateway, OrderReport, OrderRequest, OrderStatus
 from engine.models import Order, PaperBalance, UtcDateTime, utcnow
-from engine.orders import book_fill
 from engine.prepared import Prepared
+from engine.store import book_fill
 
 PAPER_PREFIX = "paper-"
 
