@@ -78,7 +78,7 @@ def step(turn: Turn, state: dict[str, Any]) -> Result:
         ticker=ticker,
         position=turn.store.position(turn.bot),
         balances=gateway.fetch_balances(),
-        open_orders=tuple(still_open),
+        open_orders=still_open,
         rules=rules,
     )
     decision = turn.strategy.decide(ctx, state)

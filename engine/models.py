@@ -115,11 +115,9 @@ class Tick(SQLModel, table=True):
     worker: str | None = None
 
 
-class Order(SQLModel, table=True):
-    """One order, written as `pending_submit` before it is sent."""
-
-    __tablename__ = "orders"
-    __table_args__ = (Index("ix_orders_bot_status", "bot", "status"),)
+class OrderBase(SQLModel):
+    """The fields of an order: a row of `orders`, or one an in-memory store keeps (a
+    backtest's, which reads them millions of times: plain attributes, no ORM)."""
 
     id: int | None = Field(default=None, primary_key=True)
     client_order_id: str = Field(max_length=64, unique=True)
@@ -144,6 +142,13 @@ class Order(SQLModel, table=True):
     error: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+class Order(OrderBase, table=True):
+    """One order, written as `pending_submit` before it is sent."""
+
+    __tablename__ = "orders"
+    __table_args__ = (Index("ix_orders_bot_status", "bot", "status"),)
 
 
 class Fill(SQLModel, table=True):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -36,7 +36,7 @@ from engine.errors import (
 from engine.exchange.catalog import client_id_rules
 from engine.exchange.fills import floor_to_step, resolve_amount, round_to_step
 from engine.exchange.gateway import Gateway, OrderReport, OrderRequest, OrderStatus
-from engine.models import Fill, Order, utcnow
+from engine.models import Fill, Order, OrderBase, utcnow
 from engine.store import LIVE, DbOrderStore
 
 log = structlog.get_logger("engine.orders")
@@ -52,30 +52,35 @@ _EPS = 1e-12
 
 class OrderStore(Protocol):
     """Where orders and their fills are kept: the database (`engine.store.DbOrderStore`)
-    live and on paper, memory in a backtest. Rows are `engine.models.Order` objects."""
+    live and on paper, memory in a backtest. Rows are `engine.models.OrderBase` objects."""
 
     def insert(self, values: dict[str, Any]) -> int | None:
         """Write a new order; its id, or None when its client order id exists already."""
         ...
 
-    def by_cid(self, cid: str) -> Order | None:
+    def by_cid(self, cid: str) -> OrderBase | None:
         """The order with this client order id."""
         ...
 
-    def set_status(self, row: Order, status: OrderStatus, error: str | None) -> Order:
+    def set_status(self, row: OrderBase, status: OrderStatus, error: str | None) -> OrderBase:
         """Write a new status (and error) to the order and to `row`; returns `row`."""
         ...
 
-    def apply(self, row: Order, report: OrderReport) -> str:
+    def apply(self, row: OrderBase, report: OrderReport) -> str:
         """Book the fills `report` adds, write its status; returns the status before."""
         ...
 
-    def live(self, bot: str) -> list[Order]:
+    def live(self, bot: str) -> list[OrderBase]:
         """The bot's pending, unknown and open orders, oldest first."""
         ...
 
     def position(self, bot: str) -> float:
         """The bot's base-currency position from its fills."""
+        ...
+
+    def views(self, rows: list[OrderBase]) -> tuple[OpenOrder, ...]:
+        """Rows of `live` as a strategy sees them (`view` of each). A store may hand out
+        the same tuple while nothing changed (strategies may cache work on it)."""
         ...
 
 
@@ -164,7 +169,7 @@ def submit(
     ticker: Ticker,
     rules: MarketRules,
     fence: Callable[[], None],
-) -> Order | None:
+) -> OrderBase | None:
     """Write, fence, send once, record. Returns the row if the order was sent (whatever
     the answer), None if nothing was sent (too small, or this id was handled before).
 
@@ -199,7 +204,7 @@ def submit(
         values["amount"], values["price"] = size_order(intent, rules, ticker)
     except OrderRejectedError as exc:
         values["status"], values["error"] = OrderStatus.REJECTED.value, str(exc)
-    row = Order(**values)
+    row = OrderBase(**values)
     row.id = store.insert(values)
     if row.id is None:
         log.warning("order.duplicate", client_order_id=cid)
@@ -250,7 +255,7 @@ def _resolve_existing(store: OrderStore, gateway: Gateway, cid: str) -> None:
         _reconcile_row(store, gateway, found, None, RECONCILE_GRACE_S)
 
 
-def apply_report(store: Stores, row: Order, report: OrderReport) -> Order:
+def apply_report(store: Stores, row: OrderBase, report: OrderReport) -> OrderBase:
     """Record what the exchange says about an order: status, fills and fees.
 
     Fills are booked for the part of `report.filled` not yet covered by fills, so
@@ -283,7 +288,7 @@ def reconcile(
 
 def settle(
     store: Stores, bot: str, gateway: Gateway, *, grace_s: float = RECONCILE_GRACE_S
-) -> tuple[int, list[OpenOrder]]:
+) -> tuple[int, tuple[OpenOrder, ...]]:
     """Settle the bot's pending, unknown and open orders against the exchange.
 
     One `fetch_open_orders` per symbol covers every still-resting order; the rest are
@@ -306,7 +311,7 @@ def settle(
             changed += _reconcile_row(store, gateway, row, report, grace_s)
     if changed:
         rows = store.live(bot)
-    return changed, [_open_order(r) for r in rows]
+    return changed, store.views(rows)
 
 
 def bots_with_live_orders(db: Engine) -> list[str]:
@@ -317,11 +322,13 @@ def bots_with_live_orders(db: Engine) -> list[str]:
 
 
 def _reconcile_row(
-    store: OrderStore, gateway: Gateway, row: Order, report: OrderReport | None, grace_s: float
+    store: OrderStore, gateway: Gateway, row: OrderBase, report: OrderReport | None, grace_s: float
 ) -> int:
     before = row.status
     if report is None:
         report = gateway.fetch_order(row.symbol, row.client_order_id)
+    if report is not None and _unchanged(row, report):
+        return 0  # still resting as it was: nothing to write (a grid's levels, every tick)
     if report is not None:
         after = apply_report(store, row, report).status
     elif utcnow() - row.created_at < timedelta(seconds=grace_s):
@@ -337,6 +344,15 @@ def _reconcile_row(
             "order.reconciled", client_order_id=row.client_order_id, before=before, after=after
         )
     return int(after != before)
+
+
+def _unchanged(row: OrderBase, report: OrderReport) -> bool:
+    """Whether `report` tells nothing the row does not hold already."""
+    return (
+        report.status == row.status  # a StrEnum: compares as its value, without the lookup
+        and abs(report.filled - row.filled) <= _EPS * max(1.0, report.filled)
+        and (report.exchange_order_id is None or report.exchange_order_id == row.exchange_order_id)
+    )
 
 
 def cancel_open(store: Stores, bot: str, gateway: Gateway) -> int:
@@ -357,17 +373,23 @@ def cancel_open(store: Stores, bot: str, gateway: Gateway) -> int:
     return cancelled
 
 
-def open_orders(store: Stores, bot: str) -> list[OpenOrder]:
+def open_orders(store: Stores, bot: str) -> tuple[OpenOrder, ...]:
     """The bot's orders that may rest on the book: open, and also pending or unknown
     ones (so a strategy does not place a level twice while one is being resolved)."""
-    return [_open_order(r) for r in as_store(store).live(bot)]
+    store = as_store(store)
+    return store.views(store.live(bot))
 
 
-def _open_order(row: Order) -> OpenOrder:
+_SIDES = {s.value: s for s in Side}
+_TYPES = {t.value: t for t in OrderType}
+
+
+def view(row: OrderBase) -> OpenOrder:
+    """An order as a strategy sees it."""
     return OpenOrder(
         client_order_id=row.client_order_id,
-        side=Side(row.side),
-        type=OrderType(row.type),
+        side=_SIDES[row.side],
+        type=_TYPES[row.type],
         amount=row.amount,
         price=row.price,
         filled=row.filled,
@@ -413,26 +435,38 @@ def position_and_pnl(db: Engine, bot: str, price: float | None = None) -> PnL:
 
 
 def pnl_from_fills(rows: Sequence[Fill], price: float | None = None) -> PnL:
-    """The accounting behind `position_and_pnl`, for any sequence of fills.
+    """The accounting behind `position_and_pnl`, for any sequence of fills."""
+    realized = fees = pos = avg = 0.0
+    for _, gained, fee, after, average in ledger(rows):
+        realized += gained
+        fees += fee
+        pos, avg = after, average
+    unrealized = pos * (price - avg) if price is not None and pos else 0.0
+    return PnL(position=pos, average_cost=avg, realized=realized, unrealized=unrealized, fees=fees)
+
+
+def ledger(rows: Sequence[Fill]) -> Iterator[tuple[Fill, float, float, float, float]]:
+    """Each fill with what it realized (average cost, before fees), its fee in quote
+    currency, and the position and average cost after it: the one accounting of
+    live, paper and backtest (the backtest's trade list reads it too).
 
     A fee charged in base currency (Binance buys) is treated as base sold at the fill
-    price and paid out, so the invariant on `PnL` holds whatever the fee currency.
+    price and paid out, so `PnL`'s invariant holds whatever the fee currency; a fee in
+    a third currency (e.g. BNB) has no price here and is not counted.
     """
-    pos = avg = realized = fees = 0.0
+    pos = avg = 0.0
     for fill in rows:
         base, _, quote = fill.symbol.partition("/")
         signed = fill.amount if fill.side == Side.BUY.value else -fill.amount
         pos, avg, gained = _trade(pos, avg, signed, fill.price)
-        realized += gained
+        fee = 0.0
         if fill.fee_currency == base:
-            pos, avg, gained = _trade(pos, avg, -fill.fee, fill.price)
-            realized += gained
-            fees += fill.fee * fill.price
+            pos, avg, paid = _trade(pos, avg, -fill.fee, fill.price)
+            gained += paid
+            fee = fill.fee * fill.price
         elif fill.fee_currency == quote or fill.fee_currency is None:
-            fees += fill.fee
-        # A fee in a third currency (e.g. BNB) has no price here and is not counted.
-    unrealized = pos * (price - avg) if price is not None and pos else 0.0
-    return PnL(position=pos, average_cost=avg, realized=realized, unrealized=unrealized, fees=fees)
+            fee = fill.fee
+        yield fill, gained, fee, pos, avg
 
 
 def _trade(pos: float, avg: float, qty: float, price: float) -> tuple[float, float, float]:

@@ -18,9 +18,9 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 
 from engine import prepared
-from engine.domain import Side
+from engine.domain import OpenOrder, Side
 from engine.exchange.gateway import OrderReport, OrderStatus
-from engine.models import Fill, Order, UtcDateTime, utcnow
+from engine.models import Fill, Order, OrderBase, UtcDateTime, utcnow
 from engine.prepared import Prepared
 
 LIVE = (OrderStatus.PENDING_SUBMIT, OrderStatus.UNKNOWN, OrderStatus.OPEN)
@@ -145,13 +145,13 @@ class DbOrderStore:
             return None
         return int(key)
 
-    def by_cid(self, cid: str) -> Order | None:
+    def by_cid(self, cid: str) -> OrderBase | None:
         """The order with this client order id."""
         with prepared.reading(self.db) as conn:
             found = conn.mappings(_BY_CID, {"cid": cid})
-        return Order(**found[0]) if found else None
+        return OrderBase.model_construct(**found[0]) if found else None
 
-    def set_status(self, row: Order, status: OrderStatus, error: str | None) -> Order:
+    def set_status(self, row: OrderBase, status: OrderStatus, error: str | None) -> OrderBase:
         """Write a new status and error to the row (and to `row`, which is returned)."""
         row.status, row.error, row.updated_at = status.value, error, utcnow()
         with prepared.transaction(self.db) as conn:
@@ -161,7 +161,7 @@ class DbOrderStore:
             )
         return row
 
-    def apply(self, row: Order, report: OrderReport) -> str:
+    def apply(self, row: OrderBase, report: OrderReport) -> str:
         """Book the fills `report` adds and write its status to the row (and `row`), in
         one transaction; returns the status the row had before."""
         with prepared.transaction(self.db) as conn:
@@ -195,11 +195,17 @@ class DbOrderStore:
             )
         return str(found.status)
 
-    def live(self, bot: str) -> list[Order]:
+    def live(self, bot: str) -> list[OrderBase]:
         """The bot's pending, unknown and open orders, oldest first."""
         with prepared.reading(self.db) as conn:
             rows = conn.mappings(_LIVE_ROWS, {"bot": bot})
-        return [Order(**row) for row in rows]
+        return [OrderBase.model_construct(**row) for row in rows]
+
+    def views(self, rows: list[OrderBase]) -> tuple[OpenOrder, ...]:
+        """The rows as a strategy sees them."""
+        from engine.orders import view  # the order manager imports this module
+
+        return tuple(view(r) for r in rows)
 
     def position(self, bot: str) -> float:
         """The bot's base-currency position: bought minus sold fill amounts (one SQL
@@ -209,7 +215,7 @@ class DbOrderStore:
 
 
 def update_from_report(
-    row: Order, report: OrderReport, error: str | None, exchange_order_id: str | None
+    row: OrderBase, report: OrderReport, error: str | None, exchange_order_id: str | None
 ) -> None:
     """Bring `row` up to date with what the exchange reported (both stores)."""
     row.status = report.status.value

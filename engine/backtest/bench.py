@@ -14,6 +14,7 @@ from typing import Any
 
 from engine.backtest.runner import run_backtest
 from engine.exchange.fills import FillModel
+from engine.logging import configure_logging
 from engine.risk import RiskLimits
 from engine.sample_data import generate_candles
 from strategies.registry import build
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--count", type=int, default=YEAR_OF_MINUTES)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
+    configure_logging("WARNING", "console")  # as the CLI: an order log line per fill costs
     candles = generate_candles("BTC/USDT", 1_704_067_200_000, args.count, 60_000, args.seed)
     for spec, params in CASES:
         strategy = build(spec, params)

@@ -1,17 +1,22 @@
 """The paper fill model: how a simulated order fills, what it costs and who can pay for it.
 
-Pure functions shared by the live paper broker (called with a real `Ticker`) and the
-backtester (called once per candle), so paper trading and backtests agree to the cent:
+Pure functions shared by the live paper broker, the backtest's candle exchange and the
+simulator's replay, so paper trading and backtests agree to the cent:
 
 - a market order fills at once at the best ask (buy) or best bid (sell), moved against
-  the taker by `slippage` (a fraction of the price);
-- a limit order fills at its own price once the market crosses it: a buy when the ask
-  is at or below it (in a backtest: when a candle's low is), a sell when the bid is at or
-  above it (a candle's high). A limit order that is marketable when placed therefore also
-  fills at its limit price - conservative, since a real book would give the better price;
+  the taker by `slippage` (a fraction of the price). Its price is the next one after the
+  decision: the live market's, or in a backtest the next candle's open;
+- a limit order marketable when placed fills at once at its own price; otherwise it
+  rests, and fills at its own price when a *closed* candle's range crosses it. Each
+  candle is walked open → high → low → close, or open → low → high → close when it
+  closes below its open (`path`), and resting orders fill in the order that walk reaches
+  their prices (`crossings`). Filling at the limit price is conservative: a gap through
+  it would have given a better one;
 - the fee is `fee_rate` of the quote notional, charged in quote currency on both sides
   (one rate for maker and taker);
 - an order the free balance cannot pay is rejected, like ccxt's `InsufficientFunds`.
+  A resting order reserves what it may cost (`reservation`) until it fills or is
+  cancelled.
 
 Balance changes: a buy takes `quote_cost + fee` quote and gives `amount` base; a sell
 takes `amount` base and gives `quote_cost - fee` quote.
@@ -20,12 +25,16 @@ takes `amount` base and gives `quote_cost - fee` quote.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import lru_cache
+from itertools import pairwise
+from typing import TypeVar
 
 from engine.domain import Candle, OrderIntent, Side, Ticker
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +116,58 @@ def crossed_by_ticker(side: Side, price: float, ticker: Ticker) -> bool:
 def crossed_by_candle(side: Side, price: float, candle: Candle) -> bool:
     """Whether a limit order at `price` was crossed during `candle` (low/high reached it)."""
     return candle.low <= price if side is Side.BUY else candle.high >= price
+
+
+def path(candle: Candle) -> tuple[float, float, float, float]:
+    """The prices a candle went through, in the order assumed: open, high, low, close;
+    or open, low, high, close when it closed below its open."""
+    if candle.close < candle.open:
+        return candle.open, candle.low, candle.high, candle.close
+    return candle.open, candle.high, candle.low, candle.close
+
+
+def reached_at(side: Side, price: float, candle: Candle) -> float | None:
+    """Where along the candle's path (0 = open, 3 = close, fractions between) a limit
+    order at `price` is first crossed; None when the candle does not cross it."""
+    points = path(candle)
+    if (candle.low > price) if side is Side.BUY else (candle.high < price):
+        return None
+    for k, (a, b) in enumerate(pairwise(points)):
+        if side is Side.BUY:
+            if a <= price:
+                return float(k)
+            if b <= price:
+                return k + (a - price) / (a - b)
+        else:
+            if a >= price:
+                return float(k)
+            if b >= price:
+                return k + (price - a) / (b - a)
+    return 3.0
+
+
+def crossings(
+    orders: Sequence[T], candle: Candle, side_price: Callable[[T], tuple[Side, float]]
+) -> list[T]:
+    """The resting `orders` a closed candle fills, in the order its path reaches them."""
+    hits = []
+    for n, order in enumerate(orders):
+        side, price = side_price(order)
+        at = reached_at(side, price, candle)
+        if at is not None:
+            hits.append((at, n, order))
+    hits.sort(key=lambda hit: (hit[0], hit[1]))
+    return [order for _, _, order in hits]
+
+
+def reservation(
+    side: Side, amount: float, price: float, model: FillModel, *, base: str, quote: str
+) -> tuple[str, float]:
+    """What a resting limit order holds until it fills or is cancelled: a buy its cost
+    plus fee in quote, a sell its amount in base."""
+    if side is Side.BUY:
+        return quote, -fill_at(side, amount, price, model, quote=quote).quote_delta
+    return base, amount
 
 
 def can_afford(fill: Fill, balances: Mapping[str, float], *, base: str, quote: str) -> bool:
