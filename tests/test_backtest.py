@@ -93,24 +93,28 @@ def run(strategy: Strategy[Any], candles: Sequence[Candle], **kw: Any) -> Backte
 
 
 def test_sma_cross_backtest_matches_hand_computation() -> None:
-    # Given SMA 1/2 crossing on closes 10, 9, 11, 12, 10, 13 with 0.1 % fees, no slippage
+    # Given SMA 1/2 crossing on closes 10, 9, 11, 12, 10, 13 (each candle opens at its
+    # close) with 0.1 % fees, no slippage
     strategy = SmaCross(SmaCrossParams(fast=1, slow=2, amount=1.0))
     # When backtested with 100 USDT
     result = run(strategy, bars([10, 9, 11, 12, 10, 13]))
-    # Then (worked by hand):
-    #  t1: 9 < 9.5 below (baseline); t2: 11 > 10 above -> buy 1 @ 11, fee 0.011
-    #  t4: 10 < 11 below -> sell 1 @ 10, fee 0.010; t5: 13 > 11.5 -> buy 1 @ 13, fee 0.013
+    # Then (worked by hand; a step runs at its candle's close, a market order fills at
+    # the next price, the next candle's open):
+    #  step 1: 9 < 9.5 below (baseline); step 2: 11 > 10 above -> buy 1, fills @ 12
+    #  (candle 3's open), fee 0.012; step 4: 10 < 11 below -> sell 1 @ 13 (candle 5's
+    #  open), fee 0.013; step 5: 13 > 11.5 -> buy 1 @ 13 (no next candle: the close)
     trades = [(t.ts // HOUR, t.side.value, t.amount, t.price) for t in result.trades]
-    assert trades == [(2, "buy", 1.0, 11.0), (4, "sell", 1.0, 10.0), (5, "buy", 1.0, 13.0)]
-    assert result.final_balances["USDT"] == pytest.approx(100 - 11.011 + 9.99 - 13.013)
+    assert trades == [(3, "buy", 1.0, 12.0), (5, "sell", 1.0, 13.0), (5, "buy", 1.0, 13.0)]
+    assert result.final_balances["USDT"] == pytest.approx(100 - 12.012 + 12.987 - 13.013)
     assert result.final_balances["BTC"] == pytest.approx(1.0)
-    assert result.equity == pytest.approx([100, 100, 99.989, 100.989, 98.979, 98.966])
-    assert result.trades[1].realized_pnl == pytest.approx(9.99 - 11.011)
+    assert result.equity == pytest.approx([100, 100, 98.988, 99.988, 100.975, 100.962])
+    # The round trip: 1 gained, less both its fees
+    assert result.trades[1].realized_pnl == pytest.approx(1.0 - 0.013 - 0.012)
     m = compute_metrics(result)
-    assert m.total_return == pytest.approx(-0.01034)
-    assert m.max_drawdown == pytest.approx((100.989 - 98.966) / 100.989)
-    assert (m.trades, m.round_trips, m.win_rate) == (3, 1, 0.0)
-    assert m.fees == pytest.approx(0.034)
+    assert m.total_return == pytest.approx(0.00962)
+    assert m.max_drawdown == pytest.approx((100 - 98.988) / 100)
+    assert (m.trades, m.round_trips, m.win_rate) == (3, 1, 1.0)
+    assert m.fees == pytest.approx(0.038)
     assert m.timeframe_ms == HOUR
 
 
@@ -139,9 +143,9 @@ def test_limit_order_rests_with_funds_locked_then_fills_at_its_price() -> None:
 
 
 def test_marketable_limit_fills_at_once_and_unaffordable_orders_are_rejected() -> None:
-    # A bid above the close fills immediately at its limit price
+    # A bid above the next price fills at once, at its limit price, as the next candle opens
     result = run(BidOnce(LimitParams(price=105)), bars([100, 100]), balances={"USDT": 200.0})
-    assert [(t.ts, t.price) for t in result.trades] == [(0, 105.0)]
+    assert [(t.ts, t.price) for t in result.trades] == [(HOUR, 105.0)]
     # A bid the balance cannot pay is rejected like InsufficientFunds, nothing changes
     poor = run(BidOnce(LimitParams(price=95)), bars([100, 90]), balances={"USDT": 50.0})
     assert poor.trades == []

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.domain import Candle, OrderIntent, OrderType, Side, Ticker
+from engine.exchange import fills
 from engine.exchange.fills import (
     Fill,
     FillModel,
@@ -160,3 +161,32 @@ def test_balances_never_negative_and_costs_add_up(
         assert fill.fee_currency == "Y"
         assert math.isclose(fill.fee, fill.quote_cost * fee_rate, rel_tol=1e-12, abs_tol=0.0)
         assert math.isclose(fill.price, market_price(fill.side, ticker, model), rel_tol=1e-12)
+
+
+def test_a_candle_is_walked_open_high_low_close_or_open_low_high_close() -> None:
+    # A candle closing at or above its open went up first, one closing below went down
+    up = Candle(0, 100.0, 110.0, 90.0, 105.0, 1.0)
+    down = Candle(0, 100.0, 110.0, 90.0, 95.0, 1.0)
+    assert fills.path(up) == (100.0, 110.0, 90.0, 105.0)
+    assert fills.path(down) == (100.0, 90.0, 110.0, 95.0)
+    # A sell at 108 and a buy at 92: the rising candle reaches the sell first
+    orders = [("buy92", Side.BUY, 92.0), ("sell108", Side.SELL, 108.0), ("far", Side.BUY, 80.0)]
+
+    def side_price(o: tuple[str, Side, float]) -> tuple[Side, float]:
+        return o[1], o[2]
+
+    assert [o[0] for o in fills.crossings(orders, up, side_price)] == ["sell108", "buy92"]
+    assert [o[0] for o in fills.crossings(orders, down, side_price)] == ["buy92", "sell108"]
+    # Where along the path: at the open when it gaps through, never when not reached
+    assert fills.reached_at(Side.BUY, 100.0, up) == 0.0
+    assert fills.reached_at(Side.SELL, 105.0, up) == pytest.approx(0.5)
+    assert fills.reached_at(Side.BUY, 80.0, up) is None
+
+
+def test_a_resting_order_reserves_what_it_may_cost() -> None:
+    model = FillModel(fee_rate=0.001, slippage=0.0)
+    assert fills.reservation(Side.BUY, 2.0, 50.0, model, base="BTC", quote="USDT") == (
+        "USDT",
+        pytest.approx(100.1),
+    )
+    assert fills.reservation(Side.SELL, 2.0, 50.0, model, base="BTC", quote="USDT") == ("BTC", 2.0)

@@ -257,7 +257,7 @@ def test_cancel_open_and_open_orders(sim: Any, redis_client: redis.Redis, db: En
     assert orders.cancel_open(db, "b1", gw) == 2
     # Then nothing rests, on the exchange or in the database
     assert gw.fetch_open_orders(SYMBOL) == []
-    assert orders.open_orders(db, "b1") == []
+    assert orders.open_orders(db, "b1") == ()
 
 
 # -- positions and PnL ---------------------------------------------------------------

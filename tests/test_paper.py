@@ -31,12 +31,25 @@ RULES = MarketRules(
 
 
 class Market:
-    """A data gateway whose price the test moves by hand."""
+    """A data gateway whose price the test moves by hand, one closed candle a move."""
 
     exchange_id = "simulator"
 
     def __init__(self, mid: float = 100.0) -> None:
         self.mid = mid
+        self.now = time.time()
+        self.candles: list[Candle] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def move(self, mid: float) -> None:
+        """The price goes to `mid` within the current minute, whose candle then closes."""
+        start = int(self.now * 1000) // 60_000 * 60_000
+        low, high = min(self.mid, mid), max(self.mid, mid)
+        self.candles.append(Candle(start, self.mid, high, low, mid, 1.0))
+        self.mid = mid
+        self.now = (start + 60_000) / 1000 + 0.001
 
     def market_rules(self, symbol: str) -> MarketRules:
         return RULES
@@ -45,7 +58,7 @@ class Market:
         return Ticker(symbol, self.mid - 0.05, self.mid + 0.05, self.mid, 0)
 
     def fetch_ohlcv(self, symbol: str, timeframe: str, limit: int) -> list[Candle]:
-        return []
+        return self.candles[-limit:]
 
     def fetch_balances(self) -> dict[str, float]:
         raise AssertionError("paper never asks the exchange for balances")
@@ -70,6 +83,7 @@ def paper(db: Engine, market: Market, bot: str = "p1", **balances: float) -> Pap
         db,
         balances=balances or {"USDT": 1000.0},
         model=FillModel(fee_rate=0.001, slippage=0.001),
+        clock=market.clock,
     )
 
 
@@ -117,8 +131,8 @@ def test_limit_orders_rest_reserve_and_fill_when_crossed(db: Engine) -> None:
     assert used == pytest.approx(180 * 1.001)
     assert free + used == pytest.approx(1000)
     assert [o.client_order_id for o in gw.fetch_open_orders(SYMBOL)] == ["l1"]
-    # When the market falls through 90, the next call fills it at its limit price
-    market.mid = 89.0
+    # When a candle falls through 90, the next call after its close fills it at its price
+    market.move(89.0)
     filled = gw.fetch_order(SYMBOL, "l1")
     assert filled is not None
     assert (filled.status, filled.average) == (OrderStatus.CLOSED, 90.0)
@@ -145,9 +159,14 @@ def test_a_fee_change_while_orders_rest_keeps_books_sound(db: Engine) -> None:
     paper(db, market).create_order(order("f2", Side.BUY, 1.0, 80.0))
     # When the bot's config raises the fee to 0.5 % (a new gateway, same bot)
     raised = PaperGateway(
-        "p1", market, db, balances={"USDT": 1000.0}, model=FillModel(fee_rate=0.005)
+        "p1",
+        market,
+        db,
+        balances={"USDT": 1000.0},
+        model=FillModel(fee_rate=0.005),
+        clock=market.clock,
     )
-    market.mid = 89.0
+    market.move(89.0)
     # Then the crossed one fills, the difference coming out of free funds
     filled = raised.fetch_order(SYMBOL, "f1")
     assert filled is not None
@@ -185,7 +204,7 @@ def test_order_manager_over_paper(db: Engine) -> None:
     # Then fills are booked once (paper books them, the manager does not repeat them)
     assert orders.position(db, "p1") == pytest.approx(gw.fetch_balances()["BTC"] + 2.0)
     # When the price rises through the sell and the bot reconciles
-    market.mid = 111.0
+    market.move(111.0)
     assert orders.reconcile(db, "p1", gw) == 1
     pnl = orders.position_and_pnl(db, "p1", price=111.0)
     balances = gw.fetch_balances()
@@ -222,6 +241,7 @@ def test_paper_books_always_balance(db: Engine, steps: list[Any], fee: float, sl
         db,
         balances={"USDT": 1000.0, "BTC": 2.0},
         model=FillModel(fee_rate=fee, slippage=slip),
+        clock=market.clock,
     )
     sent: list[str] = []
     for n, step in enumerate(steps):
@@ -233,7 +253,7 @@ def test_paper_books_always_balance(db: Engine, steps: list[Any], fee: float, sl
                 gw.create_order(order(f"{bot}-{n}", step[1], step[2], price))
                 sent.append(f"{bot}-{n}")
             elif step[0] == "move":
-                market.mid = max(1.0, market.mid * (1 + step[1]))
+                market.move(max(1.0, market.mid * (1 + step[1])))
             elif sent:
                 gw.cancel_order(SYMBOL, sent[step[1] % len(sent)])
         except OrderRejectedError:

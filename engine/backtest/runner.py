@@ -167,10 +167,21 @@ def _no_fence() -> None:
 
 
 def _trades(store: MemoryOrderStore) -> list[Trade]:
-    """The fills, in booking order, with what each realized (engine.orders.ledger)."""
+    """The fills, in booking order. A sell's `realized_pnl` is what it realized at
+    average cost (engine.orders.ledger), less its own fee and its share of the fees
+    paid buying what it sold: a round trip's result after every fee."""
     out = []
-    for fill, gained, fee, _, _ in ledger(store.fills):
+    buy_fees = held = 0.0
+    for fill, gained, fee, position, _ in ledger(store.fills):
         order = store.orders[fill.order_id]
+        realized: float | None = None
+        if fill.side == Side.BUY.value:
+            buy_fees += fee
+        else:
+            share = buy_fees * min(1.0, fill.amount / held) if held > 0 else 0.0
+            buy_fees -= share
+            realized = gained - fee - share
+        held = position
         out.append(
             Trade(
                 ts=int(fill.filled_at.timestamp() * 1000),
@@ -180,7 +191,7 @@ def _trades(store: MemoryOrderStore) -> list[Trade]:
                 price=fill.price,
                 fee=fee,
                 quote_cost=fill.amount * fill.price,
-                realized_pnl=gained if fill.side == Side.SELL.value else None,
+                realized_pnl=realized,
                 reason=order.reason,
                 tag=order.tag,
             )

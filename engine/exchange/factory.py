@@ -128,6 +128,7 @@ def gateway_for(
         db,
         balances=config.paper.balances,
         model=FillModel(fee_rate=config.paper.fee_rate, slippage=config.paper.slippage),
+        timeframe=config.timeframe,
     )
 
 

@@ -11,8 +11,10 @@ as `pending_submit` before sending; accepting it, the paper broker stamps the ro
 a `paper-<id>` exchange id, its status and fills, and moves the balances, all in one
 transaction. A row without an exchange id was never seen by the "exchange", so
 `fetch_order` answers None for it exactly as a real exchange would. A resting limit
-order reserves its cost (moved from `free` to `used`) and fills when the market crosses
-it, checked on every call of this gateway (so at least once per tick).
+order reserves its cost (moved from `free` to `used`) and fills at its price when a
+closed candle of the bot's timeframe crosses it, walked in the order of
+`engine.exchange.fills` (the backtest's model), checked on every call of this gateway
+(so at least once per tick).
 
 Balance updates are conditional SQL updates (`... WHERE free + delta >= 0`), so no
 interleaving of ticks, threads or processes can drive a balance negative.
@@ -20,7 +22,9 @@ interleaving of ticks, threads or processes can drive a balance negative.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -35,6 +39,7 @@ from engine.exchange import fills
 from engine.exchange.gateway import Gateway, OrderReport, OrderRequest, OrderStatus
 from engine.models import Order, PaperBalance, UtcDateTime, utcnow
 from engine.prepared import Prepared
+from engine.schedule import timeframe_ms
 from engine.store import book_fill
 
 PAPER_PREFIX = "paper-"
@@ -129,8 +134,13 @@ class PaperGateway:
         *,
         balances: Mapping[str, float],
         model: fills.FillModel | None = None,
+        timeframe: str = "1m",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.bot = bot
+        self.timeframe = timeframe
+        self.width_ms = timeframe_ms(timeframe)
+        self.clock = clock
         self.data = data
         self.db = db
         self.exchange_id = data.exchange_id
@@ -235,38 +245,48 @@ class PaperGateway:
     # -- internals -------------------------------------------------------------------
 
     def _sweep(self, symbol: str | None) -> None:
-        """Fill every resting limit order the current market crosses."""
+        """Fill every resting limit order a closed candle since it was placed crossed,
+        in the order each candle's path reaches them (engine.exchange.fills)."""
         with prepared.reading(self.db) as conn:
             resting = self._open_rows(conn, symbol)
-        tickers: dict[str, Ticker] = {}
-        for order in resting:
-            if order.symbol not in tickers:
-                tickers[order.symbol] = self.data.fetch_ticker(order.symbol)
-            side, price = Side(order.side), order.price or 0.0
-            if not fills.crossed_by_ticker(side, price, tickers[order.symbol]):
-                continue
-            base, quote = _currencies(order.symbol)
-            fill = fills.fill_at(side, order.amount, price, self.model, quote=quote)
-            try:
-                with prepared.transaction(self.db) as conn:
-                    row = conn.first(_BY_ID, {"id": order.id})
-                    if row is None or row.status != OrderStatus.OPEN.value:
-                        continue  # filled or cancelled meanwhile
-                    values = self._settle(conn, row, fill, base, quote, reserved=True)
-                    _update_order(conn, row.id, values)
-            except OrderRejectedError as exc:
-                # Only when the fee rate rose while it rested and free funds cannot cover
-                # the difference: it stays open rather than break every call of the bot.
-                log.warning(
-                    "paper.fill_refused", client_order_id=order.client_order_id, error=str(exc)
-                )
-                continue
-            log.info(
-                "paper.limit_filled",
-                bot=self.bot,
-                client_order_id=order.client_order_id,
-                price=price,
-            )
+        now_ms = int(self.clock() * 1000)
+        for sym in sorted({order.symbol for order in resting}):
+            mine = [o for o in resting if o.symbol == sym]
+            placed = min(_ms(o.created_at) for o in mine)
+            # The candles that closed since the oldest order was placed (and one more).
+            needed = min(1000, (now_ms - placed) // self.width_ms + 2)
+            candles = self.data.fetch_ohlcv(sym, self.timeframe, needed)
+            for candle in candles:
+                end = candle.ts + self.width_ms
+                if end > now_ms:
+                    break  # still forming: its range is not known yet
+                eligible = [o for o in mine if _ms(o.created_at) < end]
+                for order in fills.crossings(eligible, candle, _side_price):
+                    if self._fill_resting(order):
+                        mine.remove(order)
+
+    def _fill_resting(self, order: Any) -> bool:
+        """Fill one resting order at its price; False when it could not be (or was not
+        open any more)."""
+        side, price = Side(order.side), order.price or 0.0
+        base, quote = _currencies(order.symbol)
+        fill = fills.fill_at(side, order.amount, price, self.model, quote=quote)
+        try:
+            with prepared.transaction(self.db) as conn:
+                row = conn.first(_BY_ID, {"id": order.id})
+                if row is None or row.status != OrderStatus.OPEN.value:
+                    return False  # filled or cancelled meanwhile
+                values = self._settle(conn, row, fill, base, quote, reserved=True)
+                _update_order(conn, row.id, values)
+        except OrderRejectedError as exc:
+            # Only when the fee rate rose while it rested and free funds cannot cover
+            # the difference: it stays open rather than break every call of the bot.
+            log.warning("paper.fill_refused", client_order_id=order.client_order_id, error=str(exc))
+            return False
+        log.info(
+            "paper.limit_filled", bot=self.bot, client_order_id=order.client_order_id, price=price
+        )
+        return True
 
     def _open_rows(self, conn: prepared.Session, symbol: str | None) -> list[Any]:
         if symbol is None:
@@ -340,13 +360,9 @@ class PaperGateway:
         self, conn: prepared.Session, request: OrderRequest, base: str, quote: str
     ) -> None:
         assert request.price is not None
-        if request.side is Side.BUY:
-            cost = -fills.fill_at(
-                Side.BUY, request.amount, request.price, self.model, quote=quote
-            ).quote_delta
-            self._move(conn, quote, -cost, cost)
-        else:
-            self._move(conn, base, -request.amount, request.amount)
+        side, amount, price = request.side, request.amount, request.price
+        currency, held = fills.reservation(side, amount, price, self.model, base=base, quote=quote)
+        self._move(conn, currency, -held, held)
 
     def _release(self, conn: prepared.Session, row: Any, base: str, quote: str) -> None:
         """Give a cancelled order's reservation back (used → free)."""
@@ -355,11 +371,9 @@ class PaperGateway:
         self._move(conn, currency, amount, -amount)
 
     def _reservation(self, row: Any, base: str, quote: str) -> tuple[str, float]:
-        """What a resting order holds: a buy its cost plus fee, a sell its base amount."""
-        if row.side == Side.BUY.value:
-            buy = fills.fill_at(Side.BUY, row.amount, row.price or 0.0, self.model, quote=quote)
-            return quote, -buy.quote_delta
-        return base, float(row.amount)
+        """What a resting order holds (engine.exchange.fills.reservation)."""
+        side, amount, price = Side(row.side), float(row.amount), row.price or 0.0
+        return fills.reservation(side, amount, price, self.model, base=base, quote=quote)
 
     def _used(self, conn: prepared.Session, currency: str) -> float:
         used = conn.scalar(_USED, {"bot": self.bot, "currency": currency})
@@ -442,6 +456,14 @@ def _update_order(conn: prepared.Session, order_id: int, values: dict[str, Any])
             "p_at": utcnow(),
         },
     )
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+def _side_price(order: Any) -> tuple[Side, float]:
+    return Side(order.side), order.price or 0.0
 
 
 def _currencies(symbol: str) -> tuple[str, str]:
