@@ -426,6 +426,7 @@ def backtest(
             balances=dict(config.paper.balances),
             fill_model=FillModel(fee_rate=config.paper.fee_rate, slippage=config.paper.slippage),
             risk=config.risk,
+            offset_ms=round(config.offset * 1000),
             progress=lambda done, total: progress.update(task, completed=done),
         )
     metrics = write_report(result, out_dir)
@@ -442,6 +443,13 @@ def simulator(
     port: int = 8765,
     seed: int = 42,
     latency_ms: Annotated[float, typer.Option(help="Added to every response")] = 0.0,
+    replay: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="SYMBOL=FILE.csv: serve that symbol (exchange id, e.g. BTCUSDT) from recorded "
+            "candles at their own times instead of the seeded path (repeatable)"
+        ),
+    ] = None,
     allow_default_keys: Annotated[
         bool,
         typer.Option(
@@ -457,6 +465,18 @@ def simulator(
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    replays = {}
+    for item in replay or []:
+        symbol, sep, path = item.partition("=")
+        if not sep or not symbol or not path:
+            raise _fail(f"--replay {item!r}: expected SYMBOL=FILE.csv")
+        from engine.backtest import CandleFileError, load_candles_csv
+
+        try:
+            candles = load_candles_csv(Path(path))
+        except CandleFileError as exc:
+            raise _fail(str(exc)) from None
+        replays[symbol] = [(c.ts, c.open, c.high, c.low, c.close, c.volume) for c in candles]
     run_simulator(
         host=host,
         port=port,
@@ -470,6 +490,7 @@ def simulator(
             else None
         ),
         allow_default_keys=allow_default_keys,
+        replay=replays,
     )
 
 

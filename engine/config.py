@@ -39,6 +39,7 @@ from engine.credentials import LEGACY_KEYS, LEGACY_MESSAGE, SET_NAME
 from engine.errors import BotConfigError
 from engine.outbound import parse_base_url
 from engine.risk import RiskLimits
+from engine.schedule import timeframe_ms
 from engine.secretkeys import INLINE_SECRET, secret_paths
 from engine.yamlsafe import DocumentError, Lines, field_name, parse_json, parse_yaml
 
@@ -141,6 +142,11 @@ class BotConfig(_Strict):
     symbol: str = Field(pattern=r"^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$")
     timeframe: Literal[TIMEFRAMES] = "1m"  # type: ignore[valid-type]
     check_interval: Interval = 60.0
+    # `candle`: slots fall `offset` after each `timeframe` candle closes (a 1h bot started
+    # at 10:17 first ticks at 11:00:02 with offset 2s), which is what a candle strategy
+    # expects; the interval is then the timeframe (or a multiple of it).
+    align: Literal["none", "candle"] = "none"
+    offset: Annotated[float, BeforeValidator(parse_duration)] = Field(0.0, ge=0.0, le=3600.0)
     strategy: StrategySpec
     paper: PaperSettings = Field(default_factory=PaperSettings)
     credentials: Annotated[
@@ -172,6 +178,23 @@ class BotConfig(_Strict):
         if value is not None:
             parse_base_url(value)  # ValueError says what is wrong; the allow-list is later
         return value
+
+    @model_validator(mode="after")
+    def _candle_alignment(self) -> BotConfig:
+        width = timeframe_ms(self.timeframe) / 1000
+        if self.align == "candle":
+            if "check_interval" not in self.model_fields_set:
+                object.__setattr__(self, "check_interval", width)  # frozen model
+            elif self.check_interval % width:
+                raise ValueError(
+                    f"check_interval: must be a multiple of the timeframe ({self.timeframe}) "
+                    "with align: candle"
+                )
+            if self.offset >= width:
+                raise ValueError(f"offset: must be shorter than the timeframe ({self.timeframe})")
+        elif self.offset:
+            raise ValueError("offset: only applies with align: candle")
+        return self
 
     @model_validator(mode="after")
     def _live_needs_credentials(self) -> BotConfig:
@@ -258,8 +281,9 @@ def parse_bot_config(
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
             message = err["msg"].removeprefix("Value error, ")
-            if message.startswith("credentials: "):
-                loc, message = ("credentials",), message.removeprefix("credentials: ")
+            head, sep, rest = message.partition(": ")
+            if sep and head in ("credentials", "check_interval", "offset") and len(loc) <= 1:
+                loc, message = (head,), rest
             elif err["type"] == "extra_forbidden":
                 if loc in secrets:
                     continue  # reported as an inline secret

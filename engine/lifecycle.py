@@ -23,7 +23,7 @@ from engine.errors import BotBusyError, BotEngineError, BotNotFoundError
 from engine.logging import get_logger
 from engine.models import Bot, BotStatus, utcnow
 from engine.runtime import Runtime
-from engine.schedule import due_at, parks
+from engine.schedule import aligned_origin, due_at, parks, timeframe_ms
 
 log = get_logger("engine.lifecycle")
 _CAS_ATTEMPTS = 20
@@ -73,6 +73,7 @@ def start(rt: Runtime, config: BotConfig, source: str | None = None) -> Result:
             # Keep the running rhythm: the new config takes effect from the next slot.
             old_next = due_at(bot.origin, bot.interval_s, bot.next_slot)
             origin = old_next if old_next > now else now
+        origin = first_origin(config, origin)
         values: dict[str, Any] = {
             "config": config.model_dump(mode="json"),
             "config_hash": digest,
@@ -109,21 +110,29 @@ def resume(rt: Runtime, name: str) -> Result:
             if bot.runner != rt.runner:
                 raise BotBusyError(_busy_message(bot))
             return Result(name, Change.UNCHANGED, bot.generation, bot.status)
-        now = rt.clock()
+        origin = first_origin(BotConfig.model_validate(bot.config), rt.clock())
         gen = _bump(
             rt,
             bot,
             BotStatus.RUNNING,
-            origin=now,
+            origin=origin,
             consecutive_failures=0,
             last_error=None,
             runner=rt.runner,
         )
         if gen is not None:
-            _launch(rt, name, gen, now, bot.interval_s)
+            _launch(rt, name, gen, origin, bot.interval_s)
             log.info("bot.resumed", bot=name, generation=gen)
             return Result(name, Change.RESUMED, gen, BotStatus.RUNNING)
     raise BotEngineError(f"bot {name}: too many concurrent lifecycle changes")
+
+
+def first_origin(config: BotConfig, earliest: float) -> float:
+    """When slot 0 of a new generation is due: at `earliest`, or for `align: candle` the
+    first candle close (plus the offset) from then on."""
+    if config.align != "candle":
+        return earliest
+    return aligned_origin(earliest, timeframe_ms(config.timeframe) / 1000, config.offset)
 
 
 def _halt(rt: Runtime, name: str, status: BotStatus, change: Change) -> Result:

@@ -55,3 +55,9 @@ def timeframe_ms(timeframe: str) -> int:
     if not count.isdigit() or unit not in _UNIT_S:
         raise ValueError(f"unknown timeframe {timeframe!r}")
     return int(count) * _UNIT_S[unit] * 1000
+
+
+def aligned_origin(now: float, width_s: float, offset_s: float) -> float:
+    """The first time at or after `now` that is `offset_s` past a candle boundary (epoch
+    multiples of `width_s`): slot 0 of a bot aligned to candle close."""
+    return math.ceil((now - offset_s) / width_s) * width_s + offset_s

@@ -249,7 +249,7 @@ def trade(
         bot=bot,
         generation=generation,
         slot=slot,
-        now_ms=int(due * 1000),
+        now_ms=round(due * 1000),  # due = origin + k * interval: a float to round, not cut
         symbol=setup.symbol,
         timeframe=setup.timeframe,
         strategy=setup.strategy,

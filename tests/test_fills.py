@@ -175,8 +175,8 @@ def test_a_candle_is_walked_open_high_low_close_or_open_low_high_close() -> None
     def side_price(o: tuple[str, Side, float]) -> tuple[Side, float]:
         return o[1], o[2]
 
-    assert [o[0] for o in fills.crossings(orders, up, side_price)] == ["sell108", "buy92"]
-    assert [o[0] for o in fills.crossings(orders, down, side_price)] == ["buy92", "sell108"]
+    assert [o[0] for _, o in fills.crossings(orders, up, side_price)] == ["sell108", "buy92"]
+    assert [o[0] for _, o in fills.crossings(orders, down, side_price)] == ["buy92", "sell108"]
     # Where along the path: at the open when it gaps through, never when not reached
     assert fills.reached_at(Side.BUY, 100.0, up) == 0.0
     assert fills.reached_at(Side.SELL, 105.0, up) == pytest.approx(0.5)

@@ -43,11 +43,13 @@ class CandleExchange:
         balances: dict[str, float],
         candles: Sequence[Candle],
         width_ms: int,
+        offset_ms: int = 0,
     ) -> None:
         self.rules = rules
         self.model = model
         self.candles = candles
         self.width_ms = width_ms
+        self.offset_ms = offset_ms
         self.base, self.quote = rules.base, rules.quote
         self.free = {self.base: 0.0, self.quote: 0.0, **balances}
         self.used = {self.base: 0.0, self.quote: 0.0}
@@ -68,16 +70,19 @@ class CandleExchange:
         crossed = fills.crossings(
             self.resting, candle, lambda o: (o.request.side, o.request.price or 0.0)
         )
-        for order in crossed:
-            self._settle(order, order.request.price or 0.0, candle.ts)
+        for at, order in crossed:
+            # Stamped where along the candle its price was reached, so fills keep the
+            # path's order whatever order the order manager then reads them in.
+            ts = candle.ts + int(at / 3 * (self.width_ms - 1))
+            self._settle(order, order.request.price or 0.0, ts)
         if crossed:
             self.resting = [o for o in self.resting if o.report.status is OrderStatus.OPEN]
             self._bests()
 
     @property
     def now_ms(self) -> int:
-        """The step's time: the close of candle i."""
-        return self.candles[self.i].ts + self.width_ms
+        """The step's time: the close of candle i, plus the bot's offset."""
+        return self.candles[self.i].ts + self.width_ms + self.offset_ms
 
     def price(self) -> float:
         """The next price after the step: candle i+1's open (the last candle's close)."""

@@ -7,6 +7,7 @@ client order ids, `pending_submit`, reports and booked fills are those of a live
 
 from __future__ import annotations
 
+import bisect
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,20 +66,21 @@ class MemoryOrderStore:
         if delta is not None:
             amount, price, fee = delta
             at = report.timestamp or 0
-            self.fills.append(
-                Fill(
-                    id=len(self.fills) + 1,
-                    order_id=row.id,
-                    bot=found.bot,
-                    symbol=found.symbol,
-                    side=found.side,
-                    amount=amount,
-                    price=price,
-                    fee=fee,
-                    fee_currency=report.fee_currency,
-                    filled_at=datetime.fromtimestamp(at / 1000, UTC),
-                )
+            fill = Fill(
+                id=len(self.fills) + 1,
+                order_id=row.id,
+                bot=found.bot,
+                symbol=found.symbol,
+                side=found.side,
+                amount=amount,
+                price=price,
+                fee=fee,
+                fee_currency=report.fee_currency,
+                filled_at=datetime.fromtimestamp(at / 1000, UTC),
             )
+            # In the order they happened (a step may read two of them in another order),
+            # as the paper broker books them; equal times keep booking order.
+            bisect.insort_right(self.fills, fill, key=lambda f: f.filled_at)
             self._booked[row.id] = (booked[0] + amount, booked[1] + amount * price, booked[2] + fee)
             signed = amount if found.side == Side.BUY.value else -amount
             self._position[found.bot] = self._position.get(found.bot, 0.0) + signed

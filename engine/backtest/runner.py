@@ -76,6 +76,8 @@ class BacktestResult:
     rejected: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     final_state: dict[str, Any] = field(default_factory=dict)
+    # Every order and fill, as the live order manager recorded them (parity checks).
+    store: MemoryOrderStore | None = field(default=None, compare=False, repr=False)
 
 
 def run_backtest(
@@ -88,14 +90,18 @@ def run_backtest(
     risk: RiskLimits | None,
     rules: MarketRules | None = None,
     timeframe: str | None = None,
+    offset_ms: int = 0,
     start: int = 0,
+    end: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> BacktestResult:
     """Run `strategy` over `candles` (oldest first); see the module doc for a step.
 
     `risk=None` applies no bot limits (the market rules and the position still apply).
-    `timeframe` defaults to the candles' median spacing. Steps begin at candle `start`:
-    the ones before are history the strategy can see, not steps it trades in.
+    `timeframe` defaults to the candles' median spacing; step i happens `offset_ms` after
+    candle i closed (`align: candle` with its `offset`). Steps run for candles `start`
+    to `end` (exclusive; default: all): the ones before are history the strategy can
+    see, the ones after give the last step its next price.
     `progress(done, total)` is called about every 1 % and at the end.
     """
     if not candles:
@@ -105,16 +111,17 @@ def run_backtest(
     bars = candles if isinstance(candles, tuple) else tuple(candles)
     rules = rules or _rules_for(symbol)
     tf = timeframe or _timeframe(bars)
-    exchange = CandleExchange(rules, fill_model, balances, bars, timeframe_ms(tf))
+    exchange = CandleExchange(rules, fill_model, balances, bars, timeframe_ms(tf), offset_ms)
     store = MemoryOrderStore()
     limits = risk if risk is not None else RiskLimits(max_orders_per_tick=None)
     state: dict[str, Any] = {}
     dropped: Counter[str] = Counter()
     timestamps: list[int] = []
     equity: list[float] = []
-    total = len(bars) - start
+    stop = len(bars) if end is None else min(end, len(bars))
+    total = stop - start
     every = max(1, total // 100)
-    for i in range(len(bars)):
+    for i in range(stop):
         exchange.at(i)
         if i < start:
             continue
@@ -159,6 +166,7 @@ def run_backtest(
         rejected=exchange.rejected,
         dropped=dict(sorted(dropped.items())),
         final_state=state,
+        store=store,
     )
 
 

@@ -39,6 +39,9 @@ from engine.exchange.ratelimit import RateLimiter
 from engine.logging import register_secrets
 from engine.settings import Settings
 
+CANDLE_MIN_AGE_S = 0.05
+"""The freshest shared market data a candle-aligned bot asks for (offset 0)."""
+
 
 def data_max_age(interval_s: float) -> float:
     """How old shared tickers and candles a bot accepts: half its interval, within
@@ -119,6 +122,10 @@ def gateway_for(
         cached = CcxtGateway(client_for(spec))
     else:
         max_age = data_max_age(config.check_interval)
+        if config.align == "candle":
+            # A tick `offset` after a candle closed must not decide on data from before
+            # that close: no older than the offset (all bots of that close share a fetch).
+            max_age = min(max_age, max(CANDLE_MIN_AGE_S, config.offset))
         cached = _cached_gateway(spec, redis, ticker_max_age_s=max_age, ohlcv_max_age_s=max_age)
     if live:
         return cached

@@ -148,8 +148,10 @@ def reached_at(side: Side, price: float, candle: Candle) -> float | None:
 
 def crossings(
     orders: Sequence[T], candle: Candle, side_price: Callable[[T], tuple[Side, float]]
-) -> list[T]:
-    """The resting `orders` a closed candle fills, in the order its path reaches them."""
+) -> list[tuple[float, T]]:
+    """The resting `orders` a closed candle fills, in the order its path reaches them,
+    each with where (`reached_at`: 0 at the open to 3 at the close); ties keep the
+    given order (placement order, in every caller)."""
     hits = []
     for n, order in enumerate(orders):
         side, price = side_price(order)
@@ -157,7 +159,7 @@ def crossings(
         if at is not None:
             hits.append((at, n, order))
     hits.sort(key=lambda hit: (hit[0], hit[1]))
-    return [order for _, _, order in hits]
+    return [(at, order) for at, _, order in hits]
 
 
 def reservation(

@@ -261,7 +261,7 @@ class PaperGateway:
                 if end > now_ms:
                     break  # still forming: its range is not known yet
                 eligible = [o for o in mine if _ms(o.created_at) < end]
-                for order in fills.crossings(eligible, candle, _side_price):
+                for _, order in fills.crossings(eligible, candle, _side_price):
                     if self._fill_resting(order):
                         mine.remove(order)
 

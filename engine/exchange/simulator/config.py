@@ -7,7 +7,7 @@ reusing its :class:`SimulatorConfig` (same seed + same clock -> same prices and 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -134,6 +134,11 @@ class SimulatorConfig:
     """Period of the background task filling resting limit orders (0 = only lazily)."""
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
+    replay: Mapping[str, Sequence[tuple[int, float, float, float, float, float]]] = field(
+        default_factory=dict
+    )
+    """Symbols (exchange ids, e.g. ``BTCUSDT``) whose prices replay these candles
+    (open time ms, open, high, low, close, volume) instead of the seeded path."""
     admin_loopback_only: bool = True
     """Refuse ``/_sim/`` admin requests from anything but loopback addresses."""
     admin_token: str | None = None

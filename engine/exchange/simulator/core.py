@@ -16,6 +16,7 @@ from .config import OffsetClock, SimulatorConfig
 from .faults import FaultInjector, FaultRule
 from .market import Market
 from .matching import Exchange
+from .replay import ReplayPath
 from .stats import RequestStats
 
 
@@ -27,8 +28,17 @@ class Simulator:
         self.lock = threading.RLock()
         self.clock = OffsetClock(self.config.clock)
         self.secrets = self.config.accounts()
+        replays = self.config.replay
+        unknown = set(replays) - {spec.symbol for spec in self.config.symbols}
+        if unknown:
+            raise ValueError(f"replay of unlisted symbols: {', '.join(sorted(unknown))}")
         self.markets = {
-            spec.symbol: Market(spec, self.config.seed, self.config.spread_bps)
+            spec.symbol: Market(
+                spec,
+                self.config.seed,
+                self.config.spread_bps,
+                ReplayPath(replays[spec.symbol]) if spec.symbol in replays else None,
+            )
             for spec in self.config.symbols
         }
         self.faults = FaultInjector(self.config.seed, self.config.latency_ms, self.config.jitter_ms)

@@ -13,6 +13,7 @@ from typing import Any
 from .config import SymbolSpec
 from .errors import invalid_interval
 from .prices import DAY_S, Bar, PricePath
+from .replay import ReplayPath
 
 INTERVALS: dict[str, int] = {
     "1s": 1,
@@ -43,10 +44,13 @@ def _decimals(step: str) -> int:
 class Market:
     """One listed symbol: its filters, its price path and the quotes derived from it."""
 
-    def __init__(self, spec: SymbolSpec, seed: int, spread_bps: float) -> None:
+    def __init__(
+        self, spec: SymbolSpec, seed: int, spread_bps: float, replay: ReplayPath | None = None
+    ) -> None:
         self.spec = spec
         self.symbol = spec.symbol
-        self.path = PricePath(
+        self.replay = replay is not None
+        self.path: PricePath | ReplayPath = replay or PricePath(
             seed, spec.symbol, spec.price, spec.daily_volatility, spec.base_volume
         )
         self.tick = spec.tick
@@ -65,6 +69,9 @@ class Market:
     def quote_ticks(self, now_s: int) -> tuple[int, int]:
         """Best bid and ask at second ``now_s``, in ticks (ask always above bid)."""
         mid = self.path.mid(now_s)
+        if self.replay:  # the recorded price itself, as the backtest sees it
+            ticks = round(mid / self.tick_f)
+            return ticks, ticks
         bid, ask = self._bid_ticks(mid), self._ask_ticks(mid)
         return bid, max(ask, bid + 1)
 
@@ -81,6 +88,10 @@ class Market:
         """
         bar = self.path.bar(start_s, end_s)
         assert bar is not None
+        if self.replay:
+            return self.tick * round(bar.low / self.tick_f), self.tick * round(
+                bar.high / self.tick_f
+            )
         low_ask = max(self._ask_ticks(bar.low), self._bid_ticks(bar.low) + 1)
         return self.tick * low_ask, self.tick * self._bid_ticks(bar.high)
 
@@ -196,7 +207,8 @@ class Market:
         rows: list[list[Any]] = []
         t = first
         while t <= last:
-            if tf % 60 == 0 and DAY_S % tf == 0 and t + tf <= now_s:
+            cacheable = getattr(self.path, "cacheable", True)
+            if cacheable and tf % 60 == 0 and DAY_S % tf == 0 and t + tf <= now_s:
                 # closed candles of whole days come from the per-day cache, in one slice
                 day = t // DAY_S
                 day_end = min((day + 1) * DAY_S, last + tf, current)
