@@ -15,11 +15,9 @@ from engine.exchange.fills import (
     FillModel,
     apply_fill,
     can_afford,
-    crossed_by_candle,
     crossed_by_ticker,
     fill_at,
     floor_to_step,
-    market_fill,
     market_price,
     resolve_amount,
     round_to_step,
@@ -29,9 +27,14 @@ TICKER = Ticker("BTC/USDT", bid=99.0, ask=101.0, last=100.0, ts=0)
 MODEL = FillModel(fee_rate=0.001, slippage=0.01)
 
 
+def _market(intent: OrderIntent) -> Fill:
+    price = market_price(intent.side, TICKER, MODEL)
+    return fill_at(intent.side, resolve_amount(intent, price), price, MODEL, quote="USDT")
+
+
 def test_market_buy_pays_ask_plus_slippage_and_fee_in_quote() -> None:
     # Given ask 101 and 1 % slippage
-    fill = market_fill(OrderIntent(Side.BUY, amount=2.0), TICKER, MODEL, quote="USDT")
+    fill = _market(OrderIntent(Side.BUY, amount=2.0))
     # Then the price is 102.01, the notional 204.02, the fee 0.1 % of it in USDT
     assert fill.price == pytest.approx(102.01)
     assert fill.quote_cost == pytest.approx(204.02)
@@ -42,16 +45,14 @@ def test_market_buy_pays_ask_plus_slippage_and_fee_in_quote() -> None:
 
 
 def test_market_sell_gets_bid_minus_slippage() -> None:
-    fill = market_fill(OrderIntent(Side.SELL, amount=1.0), TICKER, MODEL, quote="USDT")
+    fill = _market(OrderIntent(Side.SELL, amount=1.0))
     assert fill.price == pytest.approx(98.01)
     assert fill.quote_delta == pytest.approx(98.01 * 0.999)
     assert fill.base_delta == -1.0
 
 
-def test_quote_sized_buy_spends_exactly_the_quote_amount() -> None:
-    fill = market_fill(OrderIntent(Side.BUY, quote_amount=50.0), TICKER, MODEL, quote="USDT")
-    assert fill.quote_cost == 50.0
-    assert fill.amount == pytest.approx(50.0 / 102.01)
+def test_a_quote_sized_order_is_sized_at_the_price() -> None:
+    # The order manager sizes it at the ask (before slippage), as the exchange is asked
     assert resolve_amount(OrderIntent(Side.BUY, quote_amount=50.0), 25.0) == 2.0
 
 
@@ -62,10 +63,10 @@ def test_limit_orders_fill_at_their_price_when_crossed() -> None:
     assert crossed_by_ticker(Side.SELL, 99.0, TICKER)
     assert not crossed_by_ticker(Side.SELL, 99.1, TICKER)
     candle = Candle(ts=0, open=100, high=105, low=95, close=100, volume=1)
-    assert crossed_by_candle(Side.BUY, 95.0, candle)
-    assert not crossed_by_candle(Side.BUY, 94.9, candle)
-    assert crossed_by_candle(Side.SELL, 105.0, candle)
-    assert not crossed_by_candle(Side.SELL, 105.1, candle)
+    assert fills.reached_at(Side.BUY, 95.0, candle) is not None
+    assert fills.reached_at(Side.BUY, 94.9, candle) is None
+    assert fills.reached_at(Side.SELL, 105.0, candle) is not None
+    assert fills.reached_at(Side.SELL, 105.1, candle) is None
     fill = fill_at(Side.BUY, 1.5, 95.0, MODEL, quote="USDT")
     assert (fill.price, fill.quote_cost) == (95.0, 142.5)
     assert fill.fee == pytest.approx(0.1425)
@@ -142,7 +143,8 @@ def test_balances_never_negative_and_costs_add_up(
             if in_quote
             else OrderIntent(side, OrderType.MARKET, amount=size)
         )
-        fill = market_fill(intent, ticker, model, quote="Y")
+        fill_price = market_price(side, ticker, model)
+        fill = fill_at(side, resolve_amount(intent, price), fill_price, model, quote="Y")
         if not can_afford(fill, balances, base="X", quote="Y"):
             continue
         balances = apply_fill(balances, fill, base="X", quote="Y")

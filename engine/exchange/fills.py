@@ -90,19 +90,6 @@ def market_price(side: Side, ticker: Ticker, model: FillModel) -> float:
     return ticker.bid * (1 - model.slippage)
 
 
-def market_fill(intent: OrderIntent, ticker: Ticker, model: FillModel, *, quote: str) -> Fill:
-    """Fill a market intent now against `ticker`.
-
-    A buy sized in quote spends exactly `quote_amount` (plus the fee on top).
-    """
-    price = market_price(intent.side, ticker, model)
-    if intent.quote_amount is not None:
-        cost = intent.quote_amount
-        return _fill(intent.side, cost / price, price, cost, model, quote)
-    amount = resolve_amount(intent, price)
-    return _fill(intent.side, amount, price, amount * price, model, quote)
-
-
 def fill_at(side: Side, amount: float, price: float, model: FillModel, *, quote: str) -> Fill:
     """Fill `amount` at `price`: a limit order's own price, or a `market_price`."""
     return _fill(side, amount, price, amount * price, model, quote)
@@ -111,11 +98,6 @@ def fill_at(side: Side, amount: float, price: float, model: FillModel, *, quote:
 def crossed_by_ticker(side: Side, price: float, ticker: Ticker) -> bool:
     """Whether a limit order at `price` is crossed by the current best bid/ask."""
     return ticker.ask <= price if side is Side.BUY else ticker.bid >= price
-
-
-def crossed_by_candle(side: Side, price: float, candle: Candle) -> bool:
-    """Whether a limit order at `price` was crossed during `candle` (low/high reached it)."""
-    return candle.low <= price if side is Side.BUY else candle.high >= price
 
 
 def path(candle: Candle) -> tuple[float, float, float, float]:
