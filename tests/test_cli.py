@@ -20,6 +20,7 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.sqlite_only
 def test_start_status_ticks_stop_through_the_cli(engine: Engine, tmp_path: Path) -> None:
     engine.procs.worker("w1")
     bot = tmp_path / "cli-bot.yaml"

@@ -204,6 +204,7 @@ def test_metrics_endpoint_needs_the_token_and_serves_prometheus_text(api: Api) -
     assert ("process_cpu_seconds_total", ()) in s  # the API process's own metrics too
 
 
+@pytest.mark.sqlite_only
 def test_scraped_tick_counts_equal_the_ticks_in_the_database(engine: ChainEngine) -> None:
     # Given the API on the engine, a worker, and two bots started through it
     rt = dataclasses.replace(

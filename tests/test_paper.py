@@ -291,6 +291,7 @@ def config(name: str) -> BotConfig:
     )
 
 
+@pytest.mark.sqlite_only
 def test_hundred_paper_bots_cost_one_ticker_request_per_interval(
     sim: Any, redis_url: str, db_url: str
 ) -> None:
