@@ -1,4 +1,6 @@
-"""The database side of the trading kernel: orders and fills, as prepared statements.
+"""The database side of the tick and the trading kernel, as prepared statements: orders
+and fills, the tick's guard, config and record. (The paper broker's own account SQL is
+in engine/exchange/paper.py: it is the paper exchange's, not the engine's.)
 
 `DbOrderStore` is the order store the live and paper ticks trade with; the backtest
 trades with `engine.backtest.memory.MemoryOrderStore`, which keeps the same rows in
@@ -11,17 +13,33 @@ and through Core's per-execute machinery each cost several times the query itsel
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, Float, String, bindparam, case, func, insert, or_, update
+from sqlalchemy import JSON, Engine, Float, String, bindparam, case, func, insert, or_, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 
 from engine import prepared
 from engine.domain import OpenOrder, Side
 from engine.exchange.gateway import OrderReport, OrderStatus
-from engine.models import Fill, Order, OrderBase, UtcDateTime, utcnow
+from engine.logging import get_logger
+from engine.models import (
+    Bot,
+    BotStatus,
+    Fill,
+    Order,
+    OrderBase,
+    StrategyState,
+    Tick,
+    TickOutcome,
+    UtcDateTime,
+    utcnow,
+)
 from engine.prepared import Prepared
+
+log = get_logger("engine.store")
 
 LIVE = (OrderStatus.PENDING_SUBMIT, OrderStatus.UNKNOWN, OrderStatus.OPEN)
 """Statuses of orders that may still change on the exchange."""
@@ -224,3 +242,182 @@ def update_from_report(
     row.fee, row.fee_currency = report.fee, report.fee_currency
     row.error = error if report.status is OrderStatus.REJECTED else None
     row.updated_at = utcnow()
+
+
+# -- the tick's statements (engine.tick): guard, config, record ------------------------
+
+_bots = Bot.__table__  # type: ignore[attr-defined]
+_states = StrategyState.__table__  # type: ignore[attr-defined]
+_GUARD = Prepared(
+    sa_select(_bots.c.status, _bots.c.generation, _bots.c.runner, _states.c.state)
+    .select_from(_bots.outerjoin(_states, _states.c.bot == _bots.c.name))
+    .where(_bots.c.name == bindparam("p_bot"))
+)
+_LOAD_CONFIG = sa_select(_bots.c.generation, _bots.c.config, _bots.c.source).where(
+    _bots.c.name == bindparam("p_name")
+)
+
+
+def guard_row(db: Engine, bot: str) -> Any:
+    """(status, generation, runner, state) of a bot in one statement, or None: what the
+    tick's database guard checks, with the strategy state it needs anyway."""
+    with prepared.reading(db) as conn:
+        return conn.first(_GUARD, {"p_bot": bot})
+
+
+def config_row(db: Engine, bot: str) -> Any:
+    """(generation, config, source) of a bot, or None (once per generation and process)."""
+    with db.connect() as conn:
+        return conn.execute(_LOAD_CONFIG, {"p_name": bot}).first()
+
+
+@dataclass(frozen=True, slots=True)
+class TickRecord:
+    """What step 5 writes: one row in `ticks` and the bot's counters."""
+
+    bot: str
+    generation: int
+    slot: int
+    due: float
+    started: float
+    finished: float
+    outcome: TickOutcome
+    error: str | None
+    orders: int
+    next_slot: int
+    missed: int  # slots skipped between this one and next_slot
+    state: dict[str, Any] | None = None
+
+
+def _ts(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+# Step 5's statements, prepared once: Core's per-execute machinery costs more CPU than
+# SQLite running them (see engine.prepared).
+_TICK_COLUMNS = (
+    "bot",
+    "generation",
+    "slot",
+    "due_at",
+    "started_at",
+    "finished_at",
+    "lateness_ms",
+    "duration_ms",
+    "outcome",
+    "error",
+    "orders",
+    "worker",
+)
+# The bot's schedule points at this tick's slot, or behind it: at slots whose ticks ran
+# while the database was unreachable, unrecorded (they count as missed).
+_OWNS_POINTER = _bots.c.next_slot <= bindparam("p_slot")
+_INSERT_TICK = Prepared(insert(Tick.__table__), columns=_TICK_COLUMNS)  # type: ignore[attr-defined]
+_UPDATE_BOT = Prepared(
+    update(_bots)
+    .where(_bots.c.name == bindparam("p_name"), _bots.c.generation == bindparam("p_gen"))
+    .values(
+        ticks_ok=_bots.c.ticks_ok + bindparam("p_ok"),
+        ticks_failed=_bots.c.ticks_failed + bindparam("p_failed"),
+        # The gap up to the successor, unless the chain was moved past this slot while it
+        # ran (a reconciler that took this tick for dead counts its own gap): the SET
+        # expressions all read the row as it was before this update.
+        ticks_missed=_bots.c.ticks_missed
+        + case(
+            (_OWNS_POINTER, bindparam("p_missed") + bindparam("p_slot") - _bots.c.next_slot),
+            else_=0,
+        ),
+        orders_sent=_bots.c.orders_sent + bindparam("p_orders"),
+        consecutive_failures=case(
+            (bindparam("p_failed") == 1, _bots.c.consecutive_failures + 1), else_=0
+        ),
+        last_error=func.coalesce(bindparam("p_error", type_=String), _bots.c.last_error),
+        last_tick_at=bindparam("p_at", type_=UtcDateTime()),
+        updated_at=bindparam("p_at", type_=UtcDateTime()),
+        # Nor does it move a pointer a reconciler moved on.
+        next_slot=case((_OWNS_POINTER, bindparam("p_next")), else_=_bots.c.next_slot),
+    )
+    .returning(_bots.c.status, _bots.c.generation, _bots.c.consecutive_failures)
+)
+_SET_ERROR = Prepared(
+    update(_bots)
+    .where(_bots.c.name == bindparam("p_name"), _bots.c.generation == bindparam("p_gen"))
+    .values(status=BotStatus.ERROR.value, last_error=bindparam("p_error", type_=String))
+)
+_UPDATE_STATE = Prepared(
+    update(_states)
+    .where(_states.c.bot == bindparam("p_bot"))
+    .values(
+        state=bindparam("p_state", type_=JSON), updated_at=bindparam("p_at", type_=UtcDateTime())
+    )
+)
+_INSERT_STATE = Prepared(insert(_states), columns=("bot", "state", "updated_at"))
+
+
+def record_tick(
+    db: Engine, rec: TickRecord, worker: str, *, fatal: bool, max_failures: int
+) -> BotStatus:
+    """Step 5: write the tick, the strategy state and the counters in one transaction.
+
+    Returns the bot's status afterwards. The failure policy lives here: a fatal error or
+    too many failures in a row move the bot to `error`, in the same transaction as the
+    tick that decided it.
+    """
+    failed = rec.outcome is TickOutcome.FAILED
+    at = _ts(rec.finished)
+    try:
+        with prepared.transaction(db) as conn:
+            conn.run(
+                _INSERT_TICK,
+                {
+                    "bot": rec.bot,
+                    "generation": rec.generation,
+                    "slot": rec.slot,
+                    "due_at": _ts(rec.due),
+                    "started_at": _ts(rec.started),
+                    "finished_at": at,
+                    "lateness_ms": (rec.started - rec.due) * 1000,
+                    "duration_ms": (rec.finished - rec.started) * 1000,
+                    "outcome": rec.outcome.value,
+                    "error": rec.error,
+                    "orders": rec.orders,
+                    "worker": worker,
+                },
+            )
+            row = conn.first(
+                _UPDATE_BOT,
+                {
+                    "p_name": rec.bot,
+                    "p_ok": int(rec.outcome is TickOutcome.OK),
+                    "p_failed": int(failed),
+                    "p_orders": rec.orders,
+                    "p_error": rec.error,
+                    "p_at": at,
+                    "p_gen": rec.generation,
+                    "p_slot": rec.slot,
+                    "p_next": rec.next_slot,
+                    "p_missed": rec.missed,
+                },
+            )
+            if row is None or row[1] != rec.generation:
+                return BotStatus.STOPPED
+            status, failures = BotStatus(row[0]), int(row[2])
+            if rec.state is not None:
+                params = {"p_bot": rec.bot, "p_state": rec.state, "p_at": at}
+                if not conn.run(_UPDATE_STATE, params):
+                    conn.run(_INSERT_STATE, {"bot": rec.bot, "state": rec.state, "updated_at": at})
+            if status == BotStatus.RUNNING and (fatal or failures >= max_failures):
+                status = BotStatus.ERROR
+                conn.run(
+                    _SET_ERROR,
+                    {
+                        "p_name": rec.bot,
+                        "p_gen": rec.generation,
+                        "p_error": f"{failures} failure(s) in a row; last: {rec.error}",
+                    },
+                )
+            return status
+    except IntegrityError:
+        # The slot was recorded already: a second run after Redis lost its claims.
+        log.warning("tick.duplicate_record")
+        return BotStatus.RUNNING

@@ -7,16 +7,12 @@ it are the steps it names. The Celery task in `engine.tasks` only calls it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from pydantic import ValidationError
-from sqlalchemy import JSON, String, bindparam, case, func, insert, update
-from sqlalchemy import select as sa_select
-from sqlalchemy.exc import IntegrityError
 
-from engine import admission, kernel, notify, prepared
+from engine import admission, kernel, notify, store
 from engine import logging as elog
 from engine.config import BotConfig
 from engine.coordination import Mirror, Next, Verdict
@@ -24,11 +20,11 @@ from engine.db import is_unavailable
 from engine.errors import ExchangeBannedError, FencedError, OperationalError, SupersededError
 from engine.exchange.gateway import Gateway
 from engine.exchange.retry import time_budget
-from engine.models import Bot, BotStatus, StrategyState, Tick, TickOutcome, UtcDateTime
-from engine.prepared import Prepared
+from engine.models import BotStatus, TickOutcome
 from engine.risk import RiskLimits
 from engine.runtime import Runtime
 from engine.schedule import due_at, parks, successor
+from engine.store import TickRecord
 from strategies.base import Strategy
 from strategies.registry import StrategyLookupError, build
 
@@ -131,15 +127,6 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
     return None if superseded is not None else outcome
 
 
-_bots = Bot.__table__  # type: ignore[attr-defined]
-_states = StrategyState.__table__  # type: ignore[attr-defined]
-_GUARD = Prepared(
-    sa_select(_bots.c.status, _bots.c.generation, _bots.c.runner, _states.c.state)
-    .select_from(_bots.outerjoin(_states, _states.c.bot == _bots.c.name))
-    .where(_bots.c.name == bindparam("p_bot"))
-)
-
-
 def guard(rt: Runtime, bot: str, generation: int) -> dict[str, Any]:
     """Step 1 against the database: it must still run `generation` of `bot`, here.
 
@@ -149,8 +136,7 @@ def guard(rt: Runtime, bot: str, generation: int) -> dict[str, Any]:
     Returns the strategy's persisted state, read by the same statement, so this check
     costs the tick no extra statement.
     """
-    with prepared.reading(rt.db) as conn:
-        row = conn.first(_GUARD, {"p_bot": bot})
+    row = store.guard_row(rt.db, bot)
     if (
         row is None
         or row.status != BotStatus.RUNNING.value
@@ -214,7 +200,13 @@ def record_or_go_on(rt: Runtime, rec: TickRecord, fatal: bool, lock: str) -> Bot
     successor (the reconciler moves on) and propagates.
     """
     try:
-        return record(rt, rec, fatal)
+        return store.record_tick(
+            rt.db,
+            rec,
+            rt.worker_id,
+            fatal=fatal,
+            max_failures=rt.settings.max_consecutive_failures,
+        )
     except Exception as exc:
         if not is_unavailable(exc):
             rt.coordinator.complete(rec.bot, rec.generation, rec.slot, lock, None)
@@ -261,158 +253,6 @@ def trade(
     )
     result = kernel.step(turn, state)
     return result.sent, result.state
-
-
-@dataclass(frozen=True, slots=True)
-class TickRecord:
-    """What step 5 writes: one row in `ticks` and the bot's counters."""
-
-    bot: str
-    generation: int
-    slot: int
-    due: float
-    started: float
-    finished: float
-    outcome: TickOutcome
-    error: str | None
-    orders: int
-    next_slot: int
-    missed: int  # slots skipped between this one and next_slot
-    state: dict[str, Any] | None = None
-
-
-def _ts(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
-
-
-# Step 5's statements, prepared once: Core's per-execute machinery costs more CPU than
-# SQLite running them (see engine.prepared).
-_TICK_COLUMNS = (
-    "bot",
-    "generation",
-    "slot",
-    "due_at",
-    "started_at",
-    "finished_at",
-    "lateness_ms",
-    "duration_ms",
-    "outcome",
-    "error",
-    "orders",
-    "worker",
-)
-# The bot's schedule points at this tick's slot, or behind it: at slots whose ticks ran
-# while the database was unreachable, unrecorded (they count as missed).
-_OWNS_POINTER = _bots.c.next_slot <= bindparam("p_slot")
-_INSERT_TICK = Prepared(insert(Tick.__table__), columns=_TICK_COLUMNS)  # type: ignore[attr-defined]
-_UPDATE_BOT = Prepared(
-    update(_bots)
-    .where(_bots.c.name == bindparam("p_name"), _bots.c.generation == bindparam("p_gen"))
-    .values(
-        ticks_ok=_bots.c.ticks_ok + bindparam("p_ok"),
-        ticks_failed=_bots.c.ticks_failed + bindparam("p_failed"),
-        # The gap up to the successor, unless the chain was moved past this slot while it
-        # ran (a reconciler that took this tick for dead counts its own gap): the SET
-        # expressions all read the row as it was before this update.
-        ticks_missed=_bots.c.ticks_missed
-        + case(
-            (_OWNS_POINTER, bindparam("p_missed") + bindparam("p_slot") - _bots.c.next_slot),
-            else_=0,
-        ),
-        orders_sent=_bots.c.orders_sent + bindparam("p_orders"),
-        consecutive_failures=case(
-            (bindparam("p_failed") == 1, _bots.c.consecutive_failures + 1), else_=0
-        ),
-        last_error=func.coalesce(bindparam("p_error", type_=String), _bots.c.last_error),
-        last_tick_at=bindparam("p_at", type_=UtcDateTime()),
-        updated_at=bindparam("p_at", type_=UtcDateTime()),
-        # Nor does it move a pointer a reconciler moved on.
-        next_slot=case((_OWNS_POINTER, bindparam("p_next")), else_=_bots.c.next_slot),
-    )
-    .returning(_bots.c.status, _bots.c.generation, _bots.c.consecutive_failures)
-)
-_SET_ERROR = Prepared(
-    update(_bots)
-    .where(_bots.c.name == bindparam("p_name"), _bots.c.generation == bindparam("p_gen"))
-    .values(status=BotStatus.ERROR.value, last_error=bindparam("p_error", type_=String))
-)
-_UPDATE_STATE = Prepared(
-    update(_states)
-    .where(_states.c.bot == bindparam("p_bot"))
-    .values(
-        state=bindparam("p_state", type_=JSON), updated_at=bindparam("p_at", type_=UtcDateTime())
-    )
-)
-_INSERT_STATE = Prepared(insert(_states), columns=("bot", "state", "updated_at"))
-
-
-def record(rt: Runtime, rec: TickRecord, fatal: bool) -> BotStatus:
-    """Step 5: write the tick, the strategy state and the counters in one transaction.
-
-    Returns the bot's status afterwards. The failure policy lives here: a fatal error or
-    too many failures in a row move the bot to `error`, in the same transaction as the
-    tick that decided it.
-    """
-    failed = rec.outcome is TickOutcome.FAILED
-    at = _ts(rec.finished)
-    try:
-        with prepared.transaction(rt.db) as conn:
-            conn.run(
-                _INSERT_TICK,
-                {
-                    "bot": rec.bot,
-                    "generation": rec.generation,
-                    "slot": rec.slot,
-                    "due_at": _ts(rec.due),
-                    "started_at": _ts(rec.started),
-                    "finished_at": at,
-                    "lateness_ms": (rec.started - rec.due) * 1000,
-                    "duration_ms": (rec.finished - rec.started) * 1000,
-                    "outcome": rec.outcome.value,
-                    "error": rec.error,
-                    "orders": rec.orders,
-                    "worker": rt.worker_id,
-                },
-            )
-            row = conn.first(
-                _UPDATE_BOT,
-                {
-                    "p_name": rec.bot,
-                    "p_ok": int(rec.outcome is TickOutcome.OK),
-                    "p_failed": int(failed),
-                    "p_orders": rec.orders,
-                    "p_error": rec.error,
-                    "p_at": at,
-                    "p_gen": rec.generation,
-                    "p_slot": rec.slot,
-                    "p_next": rec.next_slot,
-                    "p_missed": rec.missed,
-                },
-            )
-            if row is None or row[1] != rec.generation:
-                return BotStatus.STOPPED
-            status, failures = BotStatus(row[0]), int(row[2])
-            if rec.state is not None:
-                params = {"p_bot": rec.bot, "p_state": rec.state, "p_at": at}
-                if not conn.run(_UPDATE_STATE, params):
-                    conn.run(_INSERT_STATE, {"bot": rec.bot, "state": rec.state, "updated_at": at})
-            if status == BotStatus.RUNNING and (
-                fatal or failures >= rt.settings.max_consecutive_failures
-            ):
-                status = BotStatus.ERROR
-                conn.run(
-                    _SET_ERROR,
-                    {
-                        "p_name": rec.bot,
-                        "p_gen": rec.generation,
-                        "p_error": f"{failures} failure(s) in a row; last: {rec.error}",
-                    },
-                )
-            return status
-    except IntegrityError:
-        # The slot was recorded already: a second run after Redis lost its claims.
-        log.warning("tick.duplicate_record")
-        return BotStatus.RUNNING
 
 
 def plan_next(rt: Runtime, bot: str, mirror: Mirror, slot: int) -> Next:
@@ -467,8 +307,7 @@ def bot_setup(rt: Runtime, bot: str, generation: int) -> Setup:
     cached = rt.setups.get(bot)
     if cached is not None and cached[0] == generation:
         return cached[1]  # type: ignore[no-any-return]
-    with rt.db.connect() as conn:
-        row = conn.execute(_LOAD_CONFIG, {"p_name": bot}).first()
+    row = store.config_row(rt.db, bot)
     if row is None or row.generation != generation:
         raise FencedError(f"bot {bot} is no longer at generation {generation}")
     # A config that came over the HTTP API may only name registered strategies, here
@@ -491,8 +330,3 @@ def bot_setup(rt: Runtime, bot: str, generation: int) -> Setup:
     # One entry per bot, replaced whole: worker threads read this dict concurrently.
     rt.setups[bot] = (generation, setup)
     return setup
-
-
-_LOAD_CONFIG = sa_select(_bots.c.generation, _bots.c.config, _bots.c.source).where(
-    _bots.c.name == bindparam("p_name")
-)

@@ -22,7 +22,7 @@ from engine.reconciler import reconcile
 from engine.runtime import Runtime
 from engine.schedule import due_at
 from engine.settings import Settings
-from engine.tick import TickRecord, record
+from engine.store import TickRecord, record_tick
 from tests.chain_support import bot_config
 
 INTERVAL = 10.0
@@ -55,7 +55,14 @@ class Chain:
         """Step 5 of slot `slot`, as a tick proposing `next_slot` writes it."""
         due = due_at(self.origin, INTERVAL, slot)
         done = TickRecord("b", 1, slot, due, due, due + 0.1, TickOutcome.OK, None, 0, next_slot, 0)
-        record(self.rt, done, fatal=False)
+        settings = self.rt.settings
+        record_tick(
+            self.rt.db,
+            done,
+            self.rt.worker_id,
+            fatal=False,
+            max_failures=settings.max_consecutive_failures,
+        )
 
 
 _bots = Bot.__table__  # type: ignore[attr-defined]
