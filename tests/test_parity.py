@@ -118,7 +118,8 @@ def test_backtest_and_paper_on_real_workers_decide_and_fill_alike(
     engine.env.update(env)
     engine.rt.settings = engine.rt.settings.model_copy(update={"simulator_url": server.url})
     # Given a worker and one paper bot per built-in strategy, aligned to candle close
-    engine.procs.worker("w1", extra_env=env)
+    # (ready before the first live candle: a worker still booting would start it late)
+    engine.procs.wait_ready([engine.procs.worker("w1", extra_env=env)], "worker.ready")
     configs = {
         name: parse_bot_config(_config_text(name, spec), f"{name}.yaml")
         for name, spec in STRATEGIES.items()
