@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +34,11 @@ NO_BROKER = (
     "cannot reach the broker/Redis at {url}: start Redis, or run everything embedded with "
     "`make demo`, or one bot in-process with `botengine run FILE`"
 )
+
+
+def _iso_ms(ts: int) -> str:
+    """Epoch milliseconds as an ISO time, UTC."""
+    return datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="seconds")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -428,12 +434,19 @@ def backtest(
             risk=config.risk,
             offset_ms=round(config.offset * 1000),
             progress=lambda done, total: progress.update(task, completed=done),
+            exits=config.exits,
+            protections=config.protections,
+            order_timeout_s=config.order_timeout,
         )
     metrics = write_report(result, out_dir)
     table = Table("metric", "value", title=f"{config.name} on {len(candles)} candles")
     for key, value in sorted(dataclasses.asdict(metrics).items()):
         table.add_row(key, f"{value:.6g}" if isinstance(value, float) else str(value))
     out.print(table)
+    if result.exits:
+        out.print("exits: " + ", ".join(f"{kind} {n}" for kind, n in result.exits.items()))
+    for ts, reason in result.protections:
+        out.print(f"paused at {_iso_ms(ts)}: {reason} (no trading after)")
     out.print(f"wrote {out_dir}/summary.json, trades.csv, equity.png")
 
 

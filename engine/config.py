@@ -37,10 +37,13 @@ from pydantic.json_schema import SkipJsonSchema
 
 from engine.credentials import LEGACY_KEYS, LEGACY_MESSAGE, SET_NAME
 from engine.errors import BotConfigError
+from engine.exits import ExitRules
 from engine.outbound import parse_base_url
+from engine.protections import Protections
 from engine.risk import RiskLimits
 from engine.schedule import timeframe_ms
 from engine.secretkeys import INLINE_SECRET, secret_paths
+from engine.units import parse_duration
 from engine.yamlsafe import DocumentError, Lines, field_name, parse_json, parse_yaml
 
 if TYPE_CHECKING:
@@ -51,24 +54,11 @@ MAX_INTERVAL_S = 24 * 3600.0
 MAX_AMOUNT = 1e12
 """Largest balance (or amount) a config may state: far above any real account, far
 below where float arithmetic on it (times a price, a fee) loses meaning or overflows."""
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 TIMEFRAMES = ("1s", "1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 _NEW_INPUT = "new_input"
 """Validation context key: set while a config is read from text (files, API), absent
 when a stored config is loaded back, so old stored forms still load and are refused
 where they would be used (engine/exchange/factory.py)."""
-
-
-def parse_duration(value: object) -> float:
-    """Turn `30s`, `5m`, `1h`, `1.5` or `90` into seconds."""
-    if isinstance(value, bool):
-        raise ValueError("must be a duration like 30s, 5m or 1h")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and (match := _DURATION.match(value)):
-        return float(match.group(1)) * _UNITS[match.group(2)]
-    raise ValueError("must be a duration like 30s, 5m or 1h")
 
 
 def _interval(value: object) -> float:
@@ -79,6 +69,12 @@ def _interval(value: object) -> float:
 
 
 Interval = Annotated[float, BeforeValidator(_interval)]
+
+
+def _optional_duration(value: object) -> object:
+    return None if value is None else parse_duration(value)
+
+
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
 
 
@@ -161,6 +157,14 @@ class BotConfig(_Strict):
     base_url: str | None = Field(None, max_length=2048)
     sandbox: bool = False
     risk: RiskLimits = Field(default_factory=RiskLimits)
+    exits: ExitRules = Field(
+        default_factory=ExitRules,
+        description="stop_loss / take_profit / trailing_stop, percent of the entry price",
+    )
+    protections: Protections = Field(default_factory=Protections)
+    order_timeout: Annotated[float | None, BeforeValidator(_optional_duration)] = Field(
+        None, gt=0, le=30 * 86400.0, description="cancel unfilled limit orders this old"
+    )
     on_stop: Literal["leave", "cancel"] = "leave"
 
     @field_validator("exchange")

@@ -67,7 +67,9 @@ class MarketRules:
 
 @dataclass(frozen=True, slots=True)
 class OpenOrder:
-    """An order of this bot still resting on the book; `tag` is its intent's tag."""
+    """An order of this bot still resting on the book; `tag` is its intent's tag and
+    `placed_at` when it was written (epoch ms). `canceling`: a cancel was sent and is
+    not confirmed yet (the order may still fill meanwhile)."""
 
     client_order_id: str
     side: Side
@@ -76,6 +78,8 @@ class OpenOrder:
     price: float | None
     filled: float = 0.0
     tag: str = ""
+    placed_at: int = 0
+    canceling: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +88,10 @@ class OrderIntent:
 
     Exactly one of `amount` (base currency) or `quote_amount` (quote currency) is set.
     `price` is required for limit orders. `tag` lets a stateful strategy recognise
-    its own orders later (e.g. a grid level).
+    its own orders later (e.g. a grid level). `replaces` (a tag or client order id)
+    makes it a replace: the engine cancels the open orders it names first, and sends
+    this one only once every one of them is confirmed cancelled (dropped if one filled
+    meanwhile: the strategy decides again on the new position).
     """
 
     side: Side
@@ -94,6 +101,7 @@ class OrderIntent:
     price: float | None = None
     reason: str = ""
     tag: str = ""
+    replaces: str = ""
 
     def __post_init__(self) -> None:
         if (self.amount is None) == (self.quote_amount is None):

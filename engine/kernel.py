@@ -1,32 +1,51 @@
 """The trading kernel: one trading step, the same for live, paper and backtest.
 
-    settle open orders → market context → strategy (pure) → risk → orders → fills booked
+    settle open orders → market context → timeouts → exits → protections
+        → strategy (pure) → cancels → risk → orders → fills booked
 
 It reaches the world only through its ports: a `Gateway` (ccxt, the paper broker, the
 backtest's candle exchange), an `OrderStore` (the database, or memory in a backtest),
 a fence (is this generation still the bot's?) and the time it is told. The tick
 protocol (`engine.tick`) calls it inside its step 4; the backtest
 (`engine.backtest.runner`) calls it once per candle. Sizing, risk limits, client order
-ids, fencing and the booking of fills live below this one function, so a decision made
-on the same candles is the same decision, and gets the same fills, in every mode.
+ids, fencing, cancels, exits, protections and the booking of fills live below this one
+function, so a decision made on the same candles is the same decision, and gets the
+same fills, in every mode.
+
+What the engine itself remembers between steps (the high since entry for a trailing
+stop, when the bot last started, the last stop-loss) travels in the strategy's state
+under the key `_engine`, so it is persisted in the tick's own transaction; the
+strategy never sees it. Bots with no exits, protections or `order_timeout` never
+write it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from engine import exits as exit_rules
 from engine import logging as elog
 from engine import orders
-from engine.domain import Candle, MarketContext, OrderIntent
-from engine.exchange.gateway import Gateway
+from engine.domain import Candle, MarketContext, OrderIntent, OrderType, Side
+from engine.exchange.fills import floor_to_step
+from engine.exchange.gateway import Gateway, OrderStatus
+from engine.exits import ExitRules
+from engine.models import utcnow
 from engine.orders import RECONCILE_GRACE_S, OrderStore
+from engine.protections import Protections, pause_reason
 from engine.risk import RiskLimits, apply_risk
 from engine.schedule import timeframe_ms
-from strategies.base import Strategy
+from strategies.base import Decision, Strategy
 
 log = elog.get_logger("engine.kernel")
+
+ENGINE = "_engine"
+"""Key of the engine's own state inside a bot's persisted state."""
+_CANCELLED = (OrderStatus.CANCELED.value, OrderStatus.EXPIRED.value, OrderStatus.REJECTED.value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,21 +64,38 @@ class Turn:
     store: OrderStore
     fence: Callable[[], None]  # raises FencedError once the generation is no longer current
     grace_s: float = RECONCILE_GRACE_S  # how long an unseen order may be on its way
+    exits: ExitRules | None = None
+    protections: Protections | None = None
+    order_timeout_s: float | None = None  # unfilled limit orders older than this are cancelled
+    clock: Callable[[], datetime] = utcnow  # stamps new orders (a backtest's own time)
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the engine has anything of its own to enforce for this bot."""
+        return bool(
+            (self.exits is not None and self.exits.active)
+            or (self.protections is not None and self.protections.active)
+            or self.order_timeout_s
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """What one step did: orders sent, the strategy's new state (None: unchanged), the
-    intents risk dropped (with reasons) and the context the strategy saw."""
+    """What one step did: orders sent, the bot's new state (None: unchanged), the
+    intents dropped (with reasons), the context the strategy saw, the exits that fired,
+    the cancels sent and, when a protection tripped, why the bot must pause."""
 
     sent: int
     state: dict[str, Any] | None
     dropped: tuple[tuple[OrderIntent, str], ...]
     context: MarketContext
+    exits: tuple[str, ...] = ()
+    cancels: int = 0
+    pause: str | None = None
 
 
 def step(turn: Turn, state: dict[str, Any]) -> Result:
-    """Run one trading step; `state` is the strategy's persisted state."""
+    """Run one trading step; `state` is the bot's persisted state."""
     gateway = turn.gateway
     # Settle what earlier steps left open or unknown, before deciding anything new.
     _, still_open = orders.settle(turn.store, turn.bot, gateway, grace_s=turn.grace_s)
@@ -81,26 +117,256 @@ def step(turn: Turn, state: dict[str, Any]) -> Result:
         open_orders=still_open,
         rules=rules,
     )
-    decision = turn.strategy.decide(ctx, state)
-    checked = apply_risk(decision.intents, ctx, turn.risk)
-    for intent, reason in checked.dropped:
+    if not turn.guarded:
+        return _decide(turn, ctx, state, turn.strategy.decide(ctx, state), {})
+    own, mine = _engine_state(turn, state)
+    before = dict(own)
+    cancels = 0
+    if turn.order_timeout_s:
+        cancels += _time_out(turn, ctx)
+    if cancels:
+        ctx = _refreshed(turn, ctx)
+    fills = turn.store.fills_of(turn.bot)
+    if turn.exits is not None and turn.exits.active:
+        fired = _exit(turn, ctx, own, fills)
+        if fired is not None:
+            sent, kind = fired
+            new_state = _merged(mine, None, own, before)
+            return Result(sent, new_state, (), ctx, (kind,) if kind else (), cancels)
+    if turn.protections is not None and turn.protections.active:
+        reason = _pause_reason(turn, turn.protections, own, fills, ctx)
+        if reason is not None:
+            log.warning("protection.tripped", reason=reason)
+            return Result(0, _merged(mine, None, own, before), (), ctx, (), cancels, reason)
+    result = _decide(turn, ctx, mine, turn.strategy.decide(ctx, mine), own)
+    return dataclasses.replace(
+        result,
+        state=_merged(mine, result.state, own, before),
+        cancels=result.cancels + cancels,
+    )
+
+
+def _decide(
+    turn: Turn,
+    ctx: MarketContext,
+    state: dict[str, Any],
+    decision: Decision,
+    own: dict[str, Any],
+) -> Result:
+    """The strategy's decision carried out: its cancels first, then its intents through
+    the risk limits (and the cooldown after a stop-loss) to the order manager."""
+    cancels, outcome = 0, dict[str, tuple[str, str]]()
+    refs = set(decision.cancels) | {i.replaces for i in decision.intents if i.replaces}
+    if refs:
+        cancels, outcome = _cancel(turn, ctx, refs, "strategy")
+        ctx = _refreshed(turn, ctx)
+    intents, dropped = _replaceable(decision.intents, outcome)
+    intents, cooled = _cooldown(turn, intents, own)
+    checked = apply_risk(intents, ctx, turn.risk)
+    dropped += [*cooled, *checked.dropped]
+    for intent, reason in dropped:
         log.info("order.dropped", side=intent.side.value, reason=reason)
     sent = 0
     for index, intent in enumerate(checked.kept):
-        placed = orders.submit(
-            turn.store,
-            gateway,
-            bot=turn.bot,
-            generation=turn.generation,
-            slot=turn.slot,
-            index=index,
-            intent=intent,
-            ticker=ticker,
-            rules=rules,
-            fence=turn.fence,
-        )
-        sent += placed is not None
-    return Result(sent, decision.state, checked.dropped, ctx)
+        sent += _send(turn, ctx, index, intent) is not None
+    return Result(sent, decision.state, tuple(dropped), ctx, (), cancels)
+
+
+def _send(turn: Turn, ctx: MarketContext, index: int, intent: OrderIntent) -> Any:
+    assert ctx.rules is not None
+    return orders.submit(
+        turn.store,
+        turn.gateway,
+        bot=turn.bot,
+        generation=turn.generation,
+        slot=turn.slot,
+        index=index,
+        intent=intent,
+        ticker=ctx.ticker,
+        rules=ctx.rules,
+        fence=turn.fence,
+        now=turn.clock(),
+    )
+
+
+# -- cancels --------------------------------------------------------------------------
+
+
+def _cancel(
+    turn: Turn, ctx: MarketContext, refs: set[str], reason: str
+) -> tuple[int, dict[str, tuple[str, str]]]:
+    """Cancel the bot's open orders named by client order id or tag; returns how many
+    cancels were sent and (tag, status now) of each named order, by client order id.
+    An order not yet known to rest (pending or unknown) gets its cancel recorded only:
+    settling sends it once the order is found resting."""
+    sent, outcome = 0, {}
+    for order in ctx.open_orders:
+        if order.client_order_id not in refs and order.tag not in refs:
+            continue
+        row = turn.store.by_cid(order.client_order_id)
+        if row is None:
+            continue
+        if row.status == OrderStatus.OPEN.value:
+            turn.fence()  # a stopped bot sends nothing, cancels included
+            row = orders.cancel(turn.store, turn.gateway, row, reason)
+            sent += 1
+        elif row.cancel_reason is None:
+            turn.store.request_cancel(row, reason)
+        outcome[row.client_order_id] = (row.tag, row.status)
+    return sent, outcome
+
+
+def _replaceable(
+    intents: Sequence[OrderIntent], outcome: dict[str, tuple[str, str]]
+) -> tuple[list[OrderIntent], list[tuple[OrderIntent, str]]]:
+    """Intents that may go now: a replace only once every order it names is gone
+    without a fill (a filled one changed the position: the strategy decides again)."""
+    kept: list[OrderIntent] = []
+    dropped: list[tuple[OrderIntent, str]] = []
+    for intent in intents:
+        named = {
+            cid: status
+            for cid, (tag, status) in outcome.items()
+            if intent.replaces and intent.replaces in (cid, tag)
+        }
+        if any(status == OrderStatus.CLOSED.value for status in named.values()):
+            dropped.append((intent, f"replaces: {intent.replaces} filled meanwhile"))
+        elif waiting := [cid for cid, status in named.items() if status not in _CANCELLED]:
+            dropped.append((intent, f"replaces: cancel of {waiting[0]} not confirmed yet"))
+        else:
+            kept.append(intent)
+    return kept, dropped
+
+
+def _time_out(turn: Turn, ctx: MarketContext) -> int:
+    """Cancel unfilled limit orders older than `order_timeout`."""
+    assert turn.order_timeout_s is not None
+    limit_ms = turn.order_timeout_s * 1000
+    stale = {
+        o.client_order_id
+        for o in ctx.open_orders
+        if o.type is OrderType.LIMIT
+        and not o.canceling
+        and not o.tag.startswith(exit_rules.TAG)
+        and turn.now_ms - o.placed_at >= limit_ms
+    }
+    if not stale:
+        return 0
+    return _cancel(turn, ctx, stale, "order_timeout")[0]
+
+
+def _refreshed(turn: Turn, ctx: MarketContext) -> MarketContext:
+    """The context after cancels: open orders and position as they are now."""
+    return dataclasses.replace(
+        ctx,
+        open_orders=turn.store.views(turn.store.live(turn.bot)),
+        position=turn.store.position(turn.bot),
+    )
+
+
+# -- exits and protections ----------------------------------------------------------------
+
+
+def _exit(
+    turn: Turn, ctx: MarketContext, own: dict[str, Any], fills: Sequence[Any]
+) -> tuple[int, str | None] | None:
+    """Enforce the bot's exits; (orders sent, the kind that fired) when this step
+    belongs to an exit (one fired, or one is still being resolved), else None."""
+    assert turn.exits is not None
+    assert ctx.rules is not None
+    if any(o.tag.startswith(exit_rules.TAG) for o in ctx.open_orders):
+        return 0, None  # an exit order is on its way: never a second one
+    pnl = orders.pnl_from_fills(fills)
+    kind, peak = exit_rules.check(
+        turn.exits, pnl.position, pnl.average_cost, ctx.ticker.bid, float(own.get("peak", 0.0))
+    )
+    if peak != own.get("peak", 0.0):
+        own["peak"] = peak
+    if kind is None:
+        return None
+    rules = ctx.rules
+    amount = floor_to_step(pnl.position, rules.amount_step)
+    if amount <= 0 or amount < rules.min_amount or amount * ctx.ticker.bid < rules.min_notional:
+        return None  # dust: nothing the exchange would take
+    log.warning(
+        f"exit.{kind}",
+        entry=pnl.average_cost,
+        bid=ctx.ticker.bid,
+        peak=peak,
+        amount=amount,
+    )
+    if kind == "stop_loss":
+        own["last_stop"] = turn.now_ms
+    others = {o.client_order_id for o in ctx.open_orders if not o.canceling}
+    if others:
+        # Free what the bot's orders hold, and stop them buying back in.
+        _cancel(turn, ctx, others, f"exit:{kind}")
+        ctx = _refreshed(turn, ctx)
+        amount = floor_to_step(min(amount, ctx.position), rules.amount_step)
+        if ctx.open_orders or amount <= 0:
+            return 0, kind  # a cancel is not confirmed: the next step sells
+    intent = OrderIntent(
+        side=Side.SELL,
+        amount=amount,
+        reason=f"exit {kind}: bid {ctx.ticker.bid:.8g}, entry {pnl.average_cost:.8g}",
+        tag=f"{exit_rules.TAG}{kind}",
+    )
+    return int(_send(turn, ctx, 0, intent) is not None), kind
+
+
+def _pause_reason(
+    turn: Turn,
+    rules: Protections,
+    own: dict[str, Any],
+    fills: Sequence[Any],
+    ctx: MarketContext,
+) -> str | None:
+    since = int(own.get("since", 0))
+    closed = [
+        (ms, result)
+        for fill, _, result in orders.results(fills)
+        if result is not None and (ms := int(fill.filled_at.timestamp() * 1000)) >= since
+    ]
+    quote = ctx.rules.quote if ctx.rules is not None else ""
+    return pause_reason(rules, closed, turn.now_ms, quote)
+
+
+def _cooldown(
+    turn: Turn, intents: Sequence[OrderIntent], own: dict[str, Any]
+) -> tuple[list[OrderIntent], list[tuple[OrderIntent, str]]]:
+    """Buys are dropped for `cooldown_after_stop` after a stop-loss exit."""
+    wait = turn.protections.cooldown_after_stop if turn.protections is not None else None
+    last = own.get("last_stop")
+    if wait is None or last is None or turn.now_ms - int(last) >= wait * 1000:
+        return list(intents), []
+    left = (int(last) + wait * 1000 - turn.now_ms) / 1000
+    reason = f"cooldown_after_stop: {left:.0f} s left after a stop-loss"
+    return (
+        [i for i in intents if i.side is not Side.BUY],
+        [(i, reason) for i in intents if i.side is Side.BUY],
+    )
+
+
+def _engine_state(turn: Turn, state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the engine's own state, the strategy's state). A new generation (start, resume)
+    starts the protections' count afresh."""
+    own = dict(state.get(ENGINE) or {})
+    mine = {k: v for k, v in state.items() if k != ENGINE} if ENGINE in state else state
+    if own.get("gen") != turn.generation:
+        own["gen"], own["since"] = turn.generation, turn.now_ms
+    return own, mine
+
+
+def _merged(
+    mine: dict[str, Any],
+    decided: dict[str, Any] | None,
+    own: dict[str, Any],
+    before: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The state to persist: None when neither the strategy's nor the engine's changed."""
+    if decided is None and own == before:
+        return None
+    return {**(decided if decided is not None else mine), ENGINE: own}
 
 
 def closed_candles(candles: Sequence[Candle], timeframe: str, now_ms: int) -> Sequence[Candle]:

@@ -34,8 +34,10 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
+from engine.exits import KINDS as EXIT_KINDS
 from engine.logging import get_logger
 from engine.models import Bot, BotStatus, Order
+from engine.protections import KINDS as PROTECTION_KINDS
 
 log = get_logger("engine.metrics")
 
@@ -46,6 +48,8 @@ DURATION = f"{PREFIX}tick_duration"
 EXCHANGE_REQUESTS = f"{PREFIX}exchange_requests"  # "exchange|outcome" -> count
 RATE_LIMIT = f"{PREFIX}rate_limit_waits"  # "count|exchange", "sum|exchange"
 RECONCILER = f"{PREFIX}reconciler"  # kind -> count
+EXITS = f"{PREFIX}exits"  # kind -> count
+PROTECTIONS = f"{PREFIX}protections"  # kind -> count
 RECONCILE_KINDS = ("restored", "fenced", "paused", "requeued", "advanced", "dispatched")
 
 BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -161,6 +165,16 @@ def record_reconcile(redis: redis_lib.Redis | None, report: dict[str, int]) -> N
         _run(redis, fill)
 
 
+def record_exit(redis: redis_lib.Redis | None, kind: str) -> None:
+    """Count one protective exit that fired (stop_loss, take_profit, trailing_stop)."""
+    _run(redis, lambda p: p.hincrby(EXITS, kind, 1))
+
+
+def record_protection(redis: redis_lib.Redis | None, kind: str) -> None:
+    """Count one protection that paused a bot (losing_streak, max_daily_loss, ...)."""
+    _run(redis, lambda p: p.hincrby(PROTECTIONS, kind, 1))
+
+
 def record_exchange_request(redis: redis_lib.Redis | None, exchange: str, outcome: str) -> None:
     """Count one request to an exchange by outcome (ok, temporary, rejected, ...)."""
     _run(redis, lambda p: p.hincrby(EXCHANGE_REQUESTS, f"{exchange}{_SEP}{outcome}", 1))
@@ -240,12 +254,23 @@ class EngineCollector(Collector):
         up = GaugeMetricFamily(
             "botengine_metrics_redis_up", "1 when the Redis holding worker metrics answered"
         )
-        keys = (TICKS, LATENESS, DURATION, EXCHANGE_REQUESTS, RATE_LIMIT, RECONCILER)
+        keys = (
+            TICKS,
+            LATENESS,
+            DURATION,
+            EXCHANGE_REQUESTS,
+            RATE_LIMIT,
+            RECONCILER,
+            EXITS,
+            PROTECTIONS,
+        )
         try:
             pipe = self.redis.pipeline(transaction=False)
             for key in keys:
                 pipe.hgetall(key)
-            ticks, lateness, duration, requests, waits, reconciler = pipe.execute()
+            ticks, lateness, duration, requests, waits, reconciler, exits, protections = (
+                pipe.execute()
+            )
         except redis_lib.RedisError as exc:
             log.warning("metrics.redis_unavailable", error=str(exc))
             up.add_metric([], 0)
@@ -281,6 +306,13 @@ class EngineCollector(Collector):
         for kind in RECONCILE_KINDS:
             counter.add_metric([kind], _num(reconciler.get(kind.encode(), b"0")))
         yield counter
+        yield _by_kind("botengine_exits", "Protective exits that fired, by kind", exits, EXIT_KINDS)
+        yield _by_kind(
+            "botengine_protections",
+            "Protections that paused a bot, by kind",
+            protections,
+            PROTECTION_KINDS,
+        )
 
     def _from_db(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("botengine_metrics_db_up", "1 when the database answered")
@@ -312,6 +344,15 @@ class EngineCollector(Collector):
         for order_status, n in sorted(orders.items()):
             gauge.add_metric([str(order_status)], n)
         yield gauge
+
+
+def _by_kind(
+    name: str, doc: str, raw: dict[bytes, bytes], kinds: Sequence[str]
+) -> CounterMetricFamily:
+    counter = CounterMetricFamily(name, doc, labels=["kind"])
+    for kind in kinds:
+        counter.add_metric([kind], _num(raw.get(kind.encode(), b"0")))
+    return counter
 
 
 def _rate_limit(raw: dict[bytes, bytes]) -> Sequence[Metric]:

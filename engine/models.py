@@ -140,6 +140,9 @@ class OrderBase(SQLModel):
     reason: str = ""
     tag: str = ""
     error: str | None = None
+    # Set (to why) before a cancel is sent: until the exchange reports the order final,
+    # settling looks it up and asks again, whatever became of the first answer.
+    cancel_reason: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
 

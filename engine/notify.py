@@ -50,6 +50,8 @@ FLEET_STALLED = "fleet.stalled"
 FLEET_RECOVERED = "fleet.recovered"
 DB_OUTAGE = "fleet.db_outage"
 FLEET_PAUSED = "fleet.paused"
+EXIT = "bot.exit"
+BOT_PAUSED = "bot.paused"
 EVENTS = (
     BOT_ERROR,
     BOT_STOPPED,
@@ -59,6 +61,8 @@ EVENTS = (
     FLEET_RECOVERED,
     DB_OUTAGE,
     FLEET_PAUSED,
+    EXIT,
+    BOT_PAUSED,
 )
 FLUSH_AT_EXIT_S = 5.0
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}

@@ -16,7 +16,7 @@ import hashlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -66,8 +66,16 @@ class OrderStore(Protocol):
         """Write a new status (and error) to the order and to `row`; returns `row`."""
         ...
 
+    def request_cancel(self, row: OrderBase, reason: str) -> OrderBase:
+        """Record that the order is to be cancelled, and why; returns `row`."""
+        ...
+
     def apply(self, row: OrderBase, report: OrderReport) -> str:
         """Book the fills `report` adds, write its status; returns the status before."""
+        ...
+
+    def fills_of(self, bot: str) -> Sequence[Fill]:
+        """The bot's fills in the order they happened."""
         ...
 
     def live(self, bot: str) -> list[OrderBase]:
@@ -169,18 +177,20 @@ def submit(
     ticker: Ticker,
     rules: MarketRules,
     fence: Callable[[], None],
+    now: datetime | None = None,
 ) -> OrderBase | None:
     """Write, fence, send once, record. Returns the row if the order was sent (whatever
     the answer), None if nothing was sent (too small, or this id was handled before).
 
     Raises FencedError (row marked rejected, reason `fenced`, nothing sent),
     OperationalError (credentials: the bot must stop) and ExchangeBannedError (the tick
-    must stop sending); every other exchange failure is recorded on the row.
+    must stop sending); every other exchange failure is recorded on the row. `now`
+    stamps the row (a backtest's time; the wall clock by default).
     """
     store = as_store(store)
     id_rules = client_id_rules(gateway.exchange_id)
     cid = client_order_id(bot, generation, slot, index, id_rules.max_len, id_rules.allowed)
-    now = utcnow()
+    now = now or utcnow()
     values: dict[str, Any] = {
         "client_order_id": cid,
         "bot": bot,
@@ -327,6 +337,11 @@ def _reconcile_row(
     before = row.status
     if report is None:
         report = gateway.fetch_order(row.symbol, row.client_order_id)
+    if row.cancel_reason is not None and report is not None and report.status is OrderStatus.OPEN:
+        # A cancel was recorded and the order still rests: its answer was lost (or it
+        # never arrived). Ask again: a cancel is safe to repeat.
+        apply_report(store, row, report)
+        return int(cancel(store, gateway, row, row.cancel_reason).status != before)
     if report is not None and _unchanged(row, report):
         return 0  # still resting as it was: nothing to write (a grid's levels, every tick)
     if report is not None:
@@ -355,6 +370,35 @@ def _unchanged(row: OrderBase, report: OrderReport) -> bool:
     )
 
 
+def cancel(store: Stores, gateway: Gateway, row: OrderBase, reason: str) -> OrderBase:
+    """Cancel one order the way orders are sent: the request is recorded first
+    (`cancel_reason`), then sent; what the exchange answers is applied (a partial fill
+    included). An unanswered cancel stays recorded: settling looks the order up and asks
+    again while it still rests - it never guesses the outcome. Returns `row`, as now
+    known. Raises ExchangeBannedError (the tick must stop sending)."""
+    store = as_store(store)
+    if row.cancel_reason is None:
+        store.request_cancel(row, reason)
+    try:
+        report = gateway.cancel_order(row.symbol, row.client_order_id)
+    except OrderRejectedError as exc:  # not known to the exchange: settling decides
+        log.warning("order.cancel_failed", client_order_id=row.client_order_id, error=str(exc))
+        return row
+    except TemporaryError as exc:
+        log.warning("order.cancel_unknown", client_order_id=row.client_order_id, error=str(exc))
+        if isinstance(exc, ExchangeBannedError):
+            raise
+        return row
+    apply_report(store, row, report)
+    log.info(
+        "order.canceled" if row.status == OrderStatus.CANCELED.value else "order.cancel_answered",
+        client_order_id=row.client_order_id,
+        status=row.status,
+        reason=reason,
+    )
+    return row
+
+
 def cancel_open(store: Stores, bot: str, gateway: Gateway) -> int:
     """Cancel every open order of the bot (`on_stop: cancel`); returns how many were
     cancelled. Orders the exchange no longer knows are settled by `reconcile`."""
@@ -362,14 +406,8 @@ def cancel_open(store: Stores, bot: str, gateway: Gateway) -> int:
     reconcile(store, bot, gateway)
     cancelled = 0
     for row in store.live(bot):
-        if row.status != OrderStatus.OPEN.value:
-            continue
-        try:
-            report = gateway.cancel_order(row.symbol, row.client_order_id)
-        except OrderRejectedError as exc:
-            log.warning("order.cancel_failed", client_order_id=row.client_order_id, error=str(exc))
-            continue
-        cancelled += apply_report(store, row, report).status == "canceled"
+        if row.status == OrderStatus.OPEN.value:
+            cancelled += cancel(store, gateway, row, "on_stop").status == "canceled"
     return cancelled
 
 
@@ -394,6 +432,8 @@ def view(row: OrderBase) -> OpenOrder:
         price=row.price,
         filled=row.filled,
         tag=row.tag,
+        placed_at=int(row.created_at.timestamp() * 1000),
+        canceling=row.cancel_reason is not None,
     )
 
 
@@ -467,6 +507,24 @@ def ledger(rows: Sequence[Fill]) -> Iterator[tuple[Fill, float, float, float, fl
         elif fill.fee_currency == quote or fill.fee_currency is None:
             fee = fill.fee
         yield fill, gained, fee, pos, avg
+
+
+def results(rows: Sequence[Fill]) -> Iterator[tuple[Fill, float, float | None]]:
+    """Each fill with its fee in quote currency and, for a sell, its result: what it
+    realized at average cost less its own fee and its share of the fees paid buying
+    what it sold (a round trip's result after every fee). Buys have no result (None).
+    The backtest's trade list and the protections read the same figures."""
+    buy_fees = held = 0.0
+    for fill, gained, fee, position, _ in ledger(rows):
+        result: float | None = None
+        if fill.side == Side.BUY.value:
+            buy_fees += fee
+        else:
+            share = buy_fees * min(1.0, fill.amount / held) if held > 0 else 0.0
+            buy_fees -= share
+            result = gained - fee - share
+        held = position
+        yield fill, fee, result
 
 
 def _trade(pos: float, avg: float, qty: float, price: float) -> tuple[float, float, float]:

@@ -72,6 +72,19 @@ _SET_STATUS = Prepared(
     )
 )
 _BY_ID = Prepared(sa_select(_orders).where(_orders.c.id == bindparam("p_id")))
+_REQUEST_CANCEL = Prepared(
+    update(_orders)
+    .where(_orders.c.id == bindparam("p_id"))
+    .values(
+        cancel_reason=bindparam("p_reason", type_=String),
+        updated_at=bindparam("p_at", type_=UtcDateTime()),
+    )
+)
+_FILLS_OF = Prepared(
+    sa_select(_fills)
+    .where(_fills.c.bot == bindparam("bot"))
+    .order_by(_fills.c.filled_at, _fills.c.id)
+)
 _APPLY = Prepared(
     update(_orders)
     .where(_orders.c.id == bindparam("p_id"))
@@ -178,6 +191,18 @@ class DbOrderStore:
                 {"p_id": row.id, "p_status": row.status, "p_error": error, "p_at": row.updated_at},
             )
         return row
+
+    def request_cancel(self, row: OrderBase, reason: str) -> OrderBase:
+        """Record that the order is to be cancelled, and why (before the cancel is sent)."""
+        row.cancel_reason, row.updated_at = reason, utcnow()
+        with prepared.transaction(self.db) as conn:
+            conn.run(_REQUEST_CANCEL, {"p_id": row.id, "p_reason": reason, "p_at": row.updated_at})
+        return row
+
+    def fills_of(self, bot: str) -> list[Fill]:
+        """The bot's fills, oldest first (read only for bots with exits or protections)."""
+        with prepared.reading(self.db) as conn:
+            return [Fill.model_construct(**r) for r in conn.mappings(_FILLS_OF, {"bot": bot})]
 
     def apply(self, row: OrderBase, report: OrderReport) -> str:
         """Book the fills `report` adds and write its status to the row (and `row`), in
@@ -287,6 +312,7 @@ class TickRecord:
     next_slot: int
     missed: int  # slots skipped between this one and next_slot
     state: dict[str, Any] | None = None
+    pause: str | None = None  # a protection tripped: the bot is paused, with this reason
 
 
 def _ts(epoch: float) -> datetime:
@@ -339,10 +365,10 @@ _UPDATE_BOT = Prepared(
     )
     .returning(_bots.c.status, _bots.c.generation, _bots.c.consecutive_failures)
 )
-_SET_ERROR = Prepared(
+_SET_HALTED = Prepared(
     update(_bots)
     .where(_bots.c.name == bindparam("p_name"), _bots.c.generation == bindparam("p_gen"))
-    .values(status=BotStatus.ERROR.value, last_error=bindparam("p_error", type_=String))
+    .values(status=bindparam("p_status"), last_error=bindparam("p_error", type_=String))
 )
 _UPDATE_STATE = Prepared(
     update(_states)
@@ -406,13 +432,25 @@ def record_tick(
                 params = {"p_bot": rec.bot, "p_state": rec.state, "p_at": at}
                 if not conn.run(_UPDATE_STATE, params):
                     conn.run(_INSERT_STATE, {"bot": rec.bot, "state": rec.state, "updated_at": at})
-            if status == BotStatus.RUNNING and (fatal or failures >= max_failures):
-                status = BotStatus.ERROR
+            if status == BotStatus.RUNNING and rec.pause is not None and not failed:
+                status = BotStatus.PAUSED
                 conn.run(
-                    _SET_ERROR,
+                    _SET_HALTED,
                     {
                         "p_name": rec.bot,
                         "p_gen": rec.generation,
+                        "p_status": status.value,
+                        "p_error": rec.pause,
+                    },
+                )
+            if status == BotStatus.RUNNING and (fatal or failures >= max_failures):
+                status = BotStatus.ERROR
+                conn.run(
+                    _SET_HALTED,
+                    {
+                        "p_name": rec.bot,
+                        "p_gen": rec.generation,
+                        "p_status": status.value,
                         "p_error": f"{failures} failure(s) in a row; last: {rec.error}",
                     },
                 )

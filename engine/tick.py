@@ -12,7 +12,7 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
-from engine import admission, kernel, notify, store
+from engine import admission, kernel, metrics, notify, store
 from engine import logging as elog
 from engine.config import BotConfig
 from engine.coordination import Mirror, Next, Verdict
@@ -20,7 +20,9 @@ from engine.db import is_unavailable
 from engine.errors import ExchangeBannedError, FencedError, OperationalError, SupersededError
 from engine.exchange.gateway import Gateway
 from engine.exchange.retry import time_budget
+from engine.exits import ExitRules
 from engine.models import BotStatus, TickOutcome
+from engine.protections import Protections
 from engine.risk import RiskLimits
 from engine.runtime import Runtime
 from engine.schedule import due_at, parks, successor
@@ -60,6 +62,7 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
     log.info("tick.started")
     outcome, error, sent, fatal = TickOutcome.OK, None, 0, False
     state: dict[str, Any] | None = None
+    pause: str | None = None
     superseded: SupersededError | None = None
     try:
         # 1 again, against the authority: the database must still run this generation.
@@ -69,7 +72,7 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
         else:
             # Reads and rate-limit waits end well before the hard time limit.
             with time_budget(rt.settings.tick_time_limit_s * 0.8):
-                sent, state = trade(rt, bot, generation, slot, due, held)  # 4. run
+                sent, state, pause = trade(rt, bot, generation, slot, due, held)  # 4. run
     except SupersededError as exc:
         superseded = exc
     except (FencedError, ExchangeBannedError) as exc:
@@ -102,6 +105,7 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
                 next_slot=nxt.slot,
                 missed=missed,
                 state=state,
+                pause=pause,
             )
             status = record_or_go_on(rt, done, fatal, begin.lock)  # 5. record
             # 6. successor: claim done, lock released and next_slot compare-and-set at once.
@@ -109,13 +113,18 @@ def _run_tick(rt: Runtime, bot: str, generation: int, slot: int) -> TickOutcome 
             if rt.coordinator.complete(bot, generation, slot, begin.lock, plan):
                 send_successor(rt, bot, generation, nxt)
             rt.tick_metrics.add(outcome.value, started - due, finished - started)
-            if status == BotStatus.ERROR:
+            if status in (BotStatus.ERROR, BotStatus.PAUSED):
                 retired = Mirror(status.value, generation, mirror.origin, mirror.interval, nxt.slot)
                 rt.coordinator.publish(retired, bot, 0.0, parked=False)
+            if status == BotStatus.ERROR:
                 log.error("bot.error", reason=error)
                 notify.notify(
                     notify.BOT_ERROR, bot=bot, generation=generation, slot=slot, error=error
                 )
+            elif status == BotStatus.PAUSED and pause is not None:
+                metrics.record_protection(rt.redis, pause.split(":", 1)[0])
+                log.warning("bot.paused", reason=pause)
+                notify.notify(notify.BOT_PAUSED, bot=bot, generation=generation, reason=pause)
             log.info(
                 "tick.finished",
                 outcome=outcome.value,
@@ -221,12 +230,12 @@ def record_or_go_on(rt: Runtime, rec: TickRecord, fatal: bool, lock: str) -> Bot
 
 def trade(
     rt: Runtime, bot: str, generation: int, slot: int, due: float, state: dict[str, Any]
-) -> tuple[int, dict[str, Any] | None]:
+) -> tuple[int, dict[str, Any] | None, str | None]:
     """Step 4: the trading kernel's step on this bot's live or paper ports.
 
-    `state` is the strategy's persisted state (read by the guard). Returns the number
-    of orders sent and the strategy's new state (None: unchanged), which step 5 stores
-    in the same transaction as the tick.
+    `state` is the bot's persisted state (read by the guard). Returns the number of
+    orders sent, the new state (None: unchanged) and why a protection pauses the bot
+    (None: it runs on), which step 5 stores in the same transaction as the tick.
     """
     setup = bot_setup(rt, bot, generation)
     elog.bind(exchange=setup.exchange, symbol=setup.symbol)
@@ -250,9 +259,15 @@ def trade(
         store=rt.order_store,
         fence=fence,
         grace_s=rt.settings.reconcile_grace_s,
+        exits=setup.exits,
+        protections=setup.protections,
+        order_timeout_s=setup.order_timeout_s,
     )
     result = kernel.step(turn, state)
-    return result.sent, result.state
+    for kind in result.exits:
+        metrics.record_exit(rt.redis, kind)
+        notify.notify(notify.EXIT, bot=bot, kind=kind, symbol=setup.symbol, slot=slot)
+    return result.sent, result.state, result.pause
 
 
 def plan_next(rt: Runtime, bot: str, mirror: Mirror, slot: int) -> Next:
@@ -292,6 +307,9 @@ class Setup:
     risk: RiskLimits
     strategy: Strategy[Any]
     gateway: Gateway
+    exits: ExitRules | None = None
+    protections: Protections | None = None
+    order_timeout_s: float | None = None
 
 
 _risk_limits: dict[RiskLimits, RiskLimits] = {}
@@ -326,6 +344,9 @@ def bot_setup(rt: Runtime, bot: str, generation: int) -> Setup:
         risk=_risk_limits.setdefault(config.risk, config.risk),
         strategy=strategy,
         gateway=rt.gateway(config),
+        exits=config.exits,
+        protections=config.protections,
+        order_timeout_s=config.order_timeout,
     )
     # One entry per bot, replaced whole: worker threads read this dict concurrently.
     rt.setups[bot] = (generation, setup)

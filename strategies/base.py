@@ -34,12 +34,15 @@ P = TypeVar("P", bound=StrategyParams)
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """A strategy's answer for one tick: the orders it wants and its new state.
+    """A strategy's answer for one tick: the orders it wants, the open orders it wants
+    cancelled (each a tag or a client order id), and its new state.
 
     `state` replaces the persisted state when not None; it must be JSON-serialisable.
+    Cancels are sent before the intents, through the same idempotent path as orders.
     """
 
     intents: tuple[OrderIntent, ...] = ()
+    cancels: tuple[str, ...] = ()
     state: dict[str, Any] | None = None
     notes: dict[str, Any] = field(default_factory=dict)
 

@@ -79,9 +79,9 @@ class Grid(Strategy[GridParams]):
     the level spacing), because `OpenOrder` carries no tag; intents still carry the tag
     `grid:<cell>:<side>` for the record. New intents are sorted nearest-to-price first, so
     a per-tick order limit places the most relevant ones and the rest follow next ticks.
-    The grid never cancels orders (there is no cancel intent): orders left over from
-    other params keep resting. A price outside the band simply leaves every cell on one
-    side until it returns.
+    Resting limit orders of this bot that sit on no level (left over from other params:
+    the levels moved) are cancelled, which frees what they hold for the new levels. A
+    price outside the band simply leaves every cell on one side until it returns.
 
     State: `levels`, `cells` ([{side, since}] where `since` is the newest candle's time
     when the cell's order was placed), `buys_filled`, `sells_filled`. It changes only when
@@ -96,7 +96,11 @@ class Grid(Strategy[GridParams]):
         self._levels = _layout(params)
         # Open orders match a level within a quarter of the narrowest gap.
         self._tolerance = min(b - a for a, b in pairwise(self._levels)) / 4
-        self._last_match: tuple[tuple[OpenOrder, ...], set[tuple[str, int]]] = ((), set())
+        self._last_match: tuple[tuple[OpenOrder, ...], set[tuple[str, int]], tuple[str, ...]] = (
+            (),
+            set(),
+            (),
+        )
 
     def candles_needed(self) -> int:
         """A few recent candles, to see whether a vanished order's price was touched."""
@@ -170,13 +174,14 @@ class Grid(Strategy[GridParams]):
             "buys_filled": buys_filled,
             "sells_filled": sells_filled,
         }
-        return Decision(intents=tuple(intents), state=new_state)
+        return Decision(intents=tuple(intents), state=new_state, cancels=self._last_match[2])
 
     def _resting(self, orders: tuple[OpenOrder, ...]) -> set[tuple[str, int]]:
-        """Levels with a resting order; reused while the (immutable) orders tuple is the
-        very same object, as between backtest ticks where no order changed."""
+        """Levels with a resting order (and, kept beside, the orders on no level);
+        reused while the (immutable) orders tuple is the very same object, as between
+        backtest ticks where no order changed."""
         if orders is not self._last_match[0]:
-            self._last_match = (orders, _resting(orders, self._levels, self._tolerance))
+            self._last_match = (orders, *_resting(orders, self._levels, self._tolerance))
         return self._last_match[1]
 
     def _initial_cells(
@@ -232,9 +237,11 @@ def _layout(p: GridParams) -> list[float]:
 
 def _resting(
     orders: Sequence[OpenOrder], levels: list[float], tolerance: float
-) -> set[tuple[str, int]]:
-    """(side, level index) of each open order sitting on a grid level."""
+) -> tuple[set[tuple[str, int]], tuple[str, ...]]:
+    """(side, level index) of each open order sitting on a grid level, and the client
+    order ids of the resting limit orders on none (to cancel)."""
     found: set[tuple[str, int]] = set()
+    off: list[str] = []
     last = len(levels) - 1
     for order in orders:
         price = order.price
@@ -245,7 +252,9 @@ def _resting(
             j -= 1
         if abs(levels[j] - price) <= tolerance:
             found.add((order.side, j))  # a StrEnum: equal to and hashed as "buy"/"sell"
-    return found
+        elif order.type is OrderType.LIMIT and not order.canceling:
+            off.append(order.client_order_id)
+    return found, tuple(off)
 
 
 def _quote_currency(ctx: MarketContext) -> str:

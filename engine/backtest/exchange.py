@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 from engine.domain import Candle, MarketRules, OrderType, Side, Ticker
 from engine.errors import OrderRejectedError
@@ -83,6 +84,10 @@ class CandleExchange:
     def now_ms(self) -> int:
         """The step's time: the close of candle i, plus the bot's offset."""
         return self.candles[self.i].ts + self.width_ms + self.offset_ms
+
+    def stamp(self) -> datetime:
+        """The step's time as the order store stamps rows with it."""
+        return datetime.fromtimestamp(self.now_ms / 1000, UTC)
 
     def price(self) -> float:
         """The next price after the step: candle i+1's open (the last candle's close)."""

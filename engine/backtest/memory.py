@@ -57,6 +57,16 @@ class MemoryOrderStore:
         self._store(row)
         return row
 
+    def request_cancel(self, row: OrderBase, reason: str) -> OrderBase:
+        """Record that the order is to be cancelled, and why."""
+        row.cancel_reason = reason
+        self._store(row)
+        return row
+
+    def fills_of(self, bot: str) -> list[Fill]:
+        """The bot's fills, in the order they happened."""
+        return [f for f in self.fills if f.bot == bot]
+
     def apply(self, row: OrderBase, report: OrderReport) -> str:
         """Book the fills `report` adds and take its status; returns the status before."""
         assert row.id is not None

@@ -105,6 +105,8 @@ def summary(result: BacktestResult, metrics: Metrics) -> dict[str, Any]:
         "open_orders_at_end": result.open_orders,
         "rejected_orders": result.rejected,
         "dropped_intents": result.dropped,
+        "exits": result.exits,
+        "protections": [{"at": _iso(ts), "reason": reason} for ts, reason in result.protections],
         "metrics": {k: _finite(v) for k, v in asdict(metrics).items()},
     }
 

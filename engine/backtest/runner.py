@@ -31,7 +31,9 @@ from engine.backtest.exchange import CandleExchange
 from engine.backtest.memory import MemoryOrderStore
 from engine.domain import Candle, MarketRules, OrderType, Side
 from engine.exchange.fills import FillModel
-from engine.orders import ledger
+from engine.exits import ExitRules
+from engine.orders import results
+from engine.protections import Protections
 from engine.risk import RiskLimits
 from engine.schedule import timeframe_ms
 from strategies.base import Strategy
@@ -76,6 +78,9 @@ class BacktestResult:
     rejected: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     final_state: dict[str, Any] = field(default_factory=dict)
+    exits: dict[str, int] = field(default_factory=dict)  # protective exits fired, by kind
+    # When a protection paused the bot (epoch ms) and why; the run trades no more after.
+    protections: list[tuple[int, str]] = field(default_factory=list)
     # Every order and fill, as the live order manager recorded them (parity checks).
     store: MemoryOrderStore | None = field(default=None, compare=False, repr=False)
 
@@ -94,6 +99,9 @@ def run_backtest(
     start: int = 0,
     end: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    exits: ExitRules | None = None,
+    protections: Protections | None = None,
+    order_timeout_s: float | None = None,
 ) -> BacktestResult:
     """Run `strategy` over `candles` (oldest first); see the module doc for a step.
 
@@ -102,7 +110,10 @@ def run_backtest(
     candle i closed (`align: candle` with its `offset`). Steps run for candles `start`
     to `end` (exclusive; default: all): the ones before are history the strategy can
     see, the ones after give the last step its next price.
-    `progress(done, total)` is called about every 1 % and at the end.
+    `progress(done, total)` is called about every 1 % and at the end. `exits`,
+    `protections` and `order_timeout_s` are the bot's (engine/kernel.py applies them as
+    live); a protection that pauses the bot ends its trading for the rest of the run,
+    as a paused live bot waits for an explicit resume.
     """
     if not candles:
         raise ValueError("no candles to backtest")
@@ -116,6 +127,8 @@ def run_backtest(
     limits = risk if risk is not None else RiskLimits(max_orders_per_tick=None)
     state: dict[str, Any] = {}
     dropped: Counter[str] = Counter()
+    fired: Counter[str] = Counter()
+    paused: list[tuple[int, str]] = []
     timestamps: list[int] = []
     equity: list[float] = []
     stop = len(bars) if end is None else min(end, len(bars))
@@ -124,6 +137,10 @@ def run_backtest(
     for i in range(stop):
         exchange.at(i)
         if i < start:
+            continue
+        if paused:
+            timestamps.append(bars[i].ts)
+            equity.append(exchange.equity(bars[i].close))
             continue
         turn = kernel.Turn(
             bot=BOT,
@@ -138,8 +155,15 @@ def run_backtest(
             store=store,
             fence=_no_fence,
             grace_s=0.0,
+            exits=exits,
+            protections=protections,
+            order_timeout_s=order_timeout_s,
+            clock=exchange.stamp,
         )
         result = kernel.step(turn, state)
+        fired.update(result.exits)
+        if result.pause is not None:
+            paused.append((exchange.now_ms, result.pause))
         if result.state is not None and result.state != state:
             state = json.loads(json.dumps(result.state))
         dropped.update(reason.split(":", 1)[0] for _, reason in result.dropped)
@@ -166,6 +190,8 @@ def run_backtest(
         rejected=exchange.rejected,
         dropped=dict(sorted(dropped.items())),
         final_state=state,
+        exits=dict(sorted(fired.items())),
+        protections=paused,
         store=store,
     )
 
@@ -175,21 +201,10 @@ def _no_fence() -> None:
 
 
 def _trades(store: MemoryOrderStore) -> list[Trade]:
-    """The fills, in booking order. A sell's `realized_pnl` is what it realized at
-    average cost (engine.orders.ledger), less its own fee and its share of the fees
-    paid buying what it sold: a round trip's result after every fee."""
+    """The fills, in booking order, with each sell's result (engine.orders.results)."""
     out = []
-    buy_fees = held = 0.0
-    for fill, gained, fee, position, _ in ledger(store.fills):
+    for fill, fee, realized in results(store.fills):
         order = store.orders[fill.order_id]
-        realized: float | None = None
-        if fill.side == Side.BUY.value:
-            buy_fees += fee
-        else:
-            share = buy_fees * min(1.0, fill.amount / held) if held > 0 else 0.0
-            buy_fees -= share
-            realized = gained - fee - share
-        held = position
         out.append(
             Trade(
                 ts=int(fill.filled_at.timestamp() * 1000),
