@@ -57,11 +57,13 @@ def test_trailing_stop_arms_at_its_gain_and_follows_the_high() -> None:
     rules = ExitRules(trailing_stop=TrailingStop(activate=0.02, distance=0.01))
     # below the activation gain a 1 % fall does nothing
     kind, peak = check(rules, 1.0, 100.0, 101.5, 0.0)
-    assert kind is None and peak == 101.5
+    assert kind is None
+    assert peak == 101.5
     assert check(rules, 1.0, 100.0, 100.4, peak)[0] is None
     # armed at 102, it follows the high to 110 and fires 1 % under it
     kind, peak = check(rules, 1.0, 100.0, 110.0, peak)
-    assert kind is None and peak == 110.0
+    assert kind is None
+    assert peak == 110.0
     assert check(rules, 1.0, 100.0, 108.91, peak)[0] is None
     assert check(rules, 1.0, 100.0, 108.9, peak) == ("trailing_stop", 110.0)
 
@@ -77,13 +79,15 @@ def test_protections_pause_for_their_reasons() -> None:
     # yesterday's losses do not count towards today's
     assert pause_reason(daily, [(now - day, -100.0), (now - 1, -49.0)], now, "USDT") is None
     reason = pause_reason(daily, [(now - 2, -30.0), (now - 1, -20.0)], now, "USDT")
-    assert reason is not None and reason.startswith("max_daily_loss: 50 USDT lost today")
+    assert reason is not None
+    assert reason.startswith("max_daily_loss: 50 USDT lost today")
     drawdown = Protections(max_drawdown=MaxDrawdown(limit=100, window=3600))
     results = [(now - 7_200_000, -500.0), (now - 3000, 80.0), (now - 2000, -60.0)]
     assert pause_reason(drawdown, results, now, "USDT") is None
     results.append((now - 1000, -45.0))  # 80 high, 80 - 60 - 45 = -25: 105 below
     reason = pause_reason(drawdown, results, now, "USDT")
-    assert reason is not None and reason.startswith("max_drawdown: 105 USDT")
+    assert reason is not None
+    assert reason.startswith("max_drawdown: 105 USDT")
 
 
 # -- the kernel, in a backtest ----------------------------------------------------------
@@ -96,8 +100,10 @@ def test_a_stop_loss_sells_the_whole_position_once() -> None:
     # Then it sold once, everything, when the price fell 3 % under the entry
     sells = [t for t in result.trades if t.side.value == "sell"]  # type: ignore[attr-defined]
     buys = [t for t in result.trades if t.side.value == "buy"]  # type: ignore[attr-defined]
-    assert len(buys) == 1 and len(sells) == 1
-    assert sells[0].tag == "exit:stop_loss" and sells[0].price == 38_700.0
+    assert len(buys) == 1
+    assert len(sells) == 1
+    assert sells[0].tag == "exit:stop_loss"
+    assert sells[0].price == 38_700.0
     assert sells[0].amount == pytest.approx(buys[0].amount, rel=1e-4)
     assert result.exits == {"stop_loss": 1}  # type: ignore[attr-defined]
 
@@ -122,7 +128,8 @@ def test_a_protection_pauses_the_backtest_and_no_order_follows() -> None:
     )
     # Then the step after the losing exit paused the bot, and nothing traded after it
     fired = result.protections  # type: ignore[attr-defined]
-    assert len(fired) == 1 and fired[0][1].startswith("losing_streak: 1 losing trades")
+    assert len(fired) == 1
+    assert fired[0][1].startswith("losing_streak: 1 losing trades")
     assert len(result.trades) == 2  # type: ignore[attr-defined]
     assert result.trades[-1].ts < fired[0][0]  # type: ignore[attr-defined]
 
@@ -151,7 +158,8 @@ def test_cooldown_after_a_stop_drops_the_buys() -> None:
     sides = [(t.side.value, t.ts // MINUTE) for t in result.trades]
     stop_at = next(m for s, m in sides if s == "sell")
     rebuys = [m for s, m in sides if s == "buy" and m > stop_at]
-    assert rebuys and rebuys[0] >= stop_at + 3
+    assert rebuys
+    assert rebuys[0] >= stop_at + 3
     assert result.dropped.get("cooldown_after_stop", 0) >= 2
 
 
@@ -197,24 +205,40 @@ def test_replace_and_order_timeout_cancel_through_the_kernel() -> None:
 
 # -- configs ----------------------------------------------------------------------------
 
-BASE = "name: x\nexchange: simulator\nsymbol: BTC/USDT\nstrategy: {name: dca, params: {quote_amount: 10}}\n"
+BASE = (
+    "name: x\nexchange: simulator\nsymbol: BTC/USDT\n"
+    "strategy: {name: dca, params: {quote_amount: 10}}\n"
+)
+BELOW_100 = "must be above 0% and below 100%"
 
 
 @pytest.mark.parametrize(
     ("extra", "error"),
     [
-        ("exits:\n  stop_loss: -3%\n", "x.yaml:6: exits.stop_loss: must be above 0% and below 100%"),
-        ("exits:\n  stop_loss: 150%\n", "x.yaml:6: exits.stop_loss: must be above 0% and below 100% (got 150%)"),
-        ("exits:\n  take_profit: 2000%\n", "x.yaml:6: exits.take_profit: must be above 0% and at most 1000%"),
-        ("exits:\n  trailing_stop: {activate: 2%}\n", "x.yaml:6: exits.trailing_stop.distance: Field required"),
-        ("exits:\n  trailing_stop: {activate: 2%, distance: 0%}\n", "exits.trailing_stop.distance: must be above 0%"),
+        ("exits:\n  stop_loss: -3%\n", f"x.yaml:6: exits.stop_loss: {BELOW_100} (got -3%)"),
+        ("exits:\n  stop_loss: 150%\n", f"x.yaml:6: exits.stop_loss: {BELOW_100} (got 150%)"),
+        (
+            "exits:\n  take_profit: 2000%\n",
+            "x.yaml:6: exits.take_profit: must be above 0% and at most 1000%",
+        ),
+        (
+            "exits:\n  trailing_stop: {activate: 2%}\n",
+            "x.yaml:6: exits.trailing_stop.distance: Field required",
+        ),
+        (
+            "exits:\n  trailing_stop: {activate: 2%, distance: 0%}\n",
+            f"x.yaml:6: exits.trailing_stop.distance: {BELOW_100}",
+        ),
         ("exits:\n  stop_loss: three\n", "x.yaml:6: exits.stop_loss: must be a percentage like 3%"),
         ("exits:\n  stop_loss: 3%\n  stop: 2%\n", "x.yaml:7: exits.stop: unknown key"),
         ("protections:\n  losing_streak: 0\n", "x.yaml:6: protections.losing_streak"),
-        ("protections:\n  max_drawdown: {window: 1d}\n", "protections.max_drawdown.limit: Field required"),
+        (
+            "protections:\n  max_drawdown: {window: 1d}\n",
+            "x.yaml:6: protections.max_drawdown.limit: Field required",
+        ),
         ("order_timeout: soon\n", "x.yaml:5: order_timeout: must be a duration"),
     ],
-)  # fmt: skip
+)
 def test_bad_exit_configs_name_file_line_and_field(extra: str, error: str) -> None:
     with pytest.raises(BotConfigError) as caught:
         parse_bot_config(BASE + extra, "x.yaml")

@@ -65,8 +65,7 @@ def market(engine: Engine) -> Iterator[tuple[SimulatorServer, ManualClock]]:
 def _start(engine: Engine, name: str, extra: str) -> None:
     text = (
         f"name: {name}\nexchange: simulator\nmode: live\nsymbol: BTC/USDT\ncheck_interval: 1s\n"
-        "strategy: {name: 'tests.custom_strategies:BuyOnce', params: {quote_amount: 400}}\n"
-        + extra
+        "strategy: {name: 'tests.custom_strategies:BuyOnce', params: {quote_amount: 400}}\n" + extra
     )
     lifecycle.start(engine.rt, parse_bot_config(text, f"{name}.yaml"))
 
@@ -102,9 +101,7 @@ def _agree(engine: Engine, server: SimulatorServer, bot: str) -> None:
     rows = {o.client_order_id: o for o in _orders(engine, bot) if o.status != "rejected"}
     assert set(sim) == set(rows)
     names = {"FILLED": "closed", "CANCELED": "canceled", "NEW": "open"}
-    assert {c: names[o["status"]] for c, o in sim.items()} == {
-        c: o.status for c, o in rows.items()
-    }
+    assert {c: names[o["status"]] for c, o in sim.items()} == {c: o.status for c, o in rows.items()}
 
 
 def test_a_stop_loss_sells_once_when_its_answer_is_lost_and_the_streak_pauses_the_bot(
@@ -124,14 +121,16 @@ def test_a_stop_loss_sells_once_when_its_answer_is_lost_and_the_streak_pauses_th
     sells = [o for o in _orders(engine, "sl") if o.side == "sell"]
     assert [(o.tag, o.status) for o in sells] == [("exit:stop_loss", "closed")]
     assert abs(_position(engine, "sl")) < 1e-9
-    status, reason = _status(engine, "sl")
-    assert reason is not None and reason.startswith("losing_streak: 1 losing trades in a row")
+    _, reason = _status(engine, "sl")
+    assert reason is not None
+    assert reason.startswith("losing_streak: 1 losing trades in a row")
     _agree(engine, server, "sl")
     # And nothing ticks or trades after the pause
     ticks, orders = _ticks(engine, "sl"), len(server.orders())
     clock.set((T0 + 20) * 1000)  # back above the entry: a running buyer would act
     wait_for(lambda: False, 3)
-    assert _ticks(engine, "sl") == ticks and len(server.orders()) == orders
+    assert _ticks(engine, "sl") == ticks
+    assert len(server.orders()) == orders
     # Resume is explicit, and starts the protections afresh
     lifecycle.resume(engine.rt, "sl")
     assert wait_for(lambda: _ticks(engine, "sl") > ticks + 2, 15)
@@ -161,7 +160,8 @@ def test_a_trailing_stop_follows_the_price_up_and_sells_on_the_way_down(
     assert wait_for(lambda: len(_sim_sells(server)) == 1, 15)
     wait_for(lambda: False, 2)
     sells = _sim_sells(server)
-    assert len(sells) == 1 and float(sells[0]["price"] or 0) in (0.0, 43_500.0)
+    assert len(sells) == 1
+    assert float(sells[0]["price"] or 0) in (0.0, 43_500.0)
     rows = [o for o in _orders(engine, "trail") if o.side == "sell"]
     assert [(o.tag, o.status, o.average) for o in rows] == [
         ("exit:trailing_stop", "closed", 43_500.0)
