@@ -80,6 +80,7 @@ class OpenOrder:
     tag: str = ""
     placed_at: int = 0
     canceling: bool = False
+    stop_price: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,7 @@ class OrderIntent:
     reason: str = ""
     tag: str = ""
     replaces: str = ""
+    stop_price: float | None = None  # with a limit sell: a stop-limit below the market
 
     def __post_init__(self) -> None:
         if (self.amount is None) == (self.quote_amount is None):
@@ -111,6 +113,10 @@ class OrderIntent:
             raise ValueError("order size must be positive")
         if self.type is OrderType.LIMIT and (self.price is None or self.price <= 0):
             raise ValueError("a limit order needs a positive price")
+        if self.stop_price is not None and (
+            self.type is not OrderType.LIMIT or self.stop_price <= 0
+        ):
+            raise ValueError("a stop price needs a limit order and must be positive")
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,13 @@ are compared with the bid, which is what a market sell gets. When one fires, the
 open orders are cancelled and its whole position is sold at market, once: while that
 exit order is unresolved nothing else is sent. `check` is pure.
 
-Exits are emulated by the engine: a position is protected while the engine runs.
+Emulated by default: a position is protected while the engine runs. With
+`on_exchange: true`, where the gateway places stop orders (`Gateway.stop_orders`: ccxt
+says the exchange takes them), the engine keeps one stop-limit sell resting on the
+exchange for the whole position at the stop-loss level (or the armed trailing stop's),
+so the position stays protected while the engine is down; the take-profit stays
+emulated (a spot account cannot hold a second sell for the same base). Elsewhere (paper,
+backtest) `on_exchange` falls back to emulation.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from engine.domain import OpenOrder
 from engine.units import parse_percent, percent_below
 
 Gain = Annotated[float, BeforeValidator(percent_below(10, inclusive=True))]  # up to 1000 %
@@ -22,6 +29,14 @@ Loss = Annotated[float, BeforeValidator(percent_below(1))]  # below 100 %
 KINDS = ("stop_loss", "take_profit", "trailing_stop")
 TAG = "exit:"
 """Tag prefix of exit orders (`exit:stop_loss`)."""
+STOP_TAG = "stop:"
+"""Tag prefix of the protective stop resting on the exchange (`stop:stop_loss`)."""
+STOP_INDEX = 10_001
+"""Intent index of the protective stop in its slot: apart from any strategy's intents."""
+STOP_SLACK = 0.005
+"""The stop's limit sits this far under its stop price: room to fill once triggered."""
+RESTOP = 0.001
+"""A resting stop is moved only when its level changed by more than this fraction."""
 
 
 class _Rules(BaseModel):
@@ -46,16 +61,13 @@ class ExitRules(_Rules):
     take_profit: Gain | None = Field(None, description="gain that sells, e.g. 8% (<= 1000%)")
     trailing_stop: TrailingStop | None = None
     on_exchange: bool = Field(
-        False, description="place a real stop order on the exchange (not supported yet)"
+        False, description="keep a stop-limit order resting on the exchange where it takes one"
     )
 
     @model_validator(mode="after")
-    def _emulated_only(self) -> ExitRules:
-        if self.on_exchange:
-            raise ValueError(
-                "on_exchange: not supported yet: exits are emulated by the engine"
-                " (remove on_exchange)"
-            )
+    def _something_to_place(self) -> ExitRules:
+        if self.on_exchange and self.stop_loss is None and self.trailing_stop is None:
+            raise ValueError("on_exchange: needs a stop_loss or a trailing_stop to place")
         return self
 
     @property
@@ -90,3 +102,44 @@ def check(
     ):
         return "trailing_stop", peak
     return None, peak
+
+
+def stop_level(rules: ExitRules, entry: float, peak: float) -> tuple[str, float] | None:
+    """(kind, price) of the protective stop for a position bought at `entry` whose
+    highest bid since was `peak`: the higher of the stop-loss and the armed trailing
+    stop. None when neither applies."""
+    if entry <= 0:
+        return None
+    levels = []
+    if rules.stop_loss is not None:
+        levels.append((entry * (1 - rules.stop_loss), "stop_loss"))
+    trailing = rules.trailing_stop
+    if trailing is not None and peak >= entry * (1 + trailing.activate):
+        levels.append((peak * (1 - trailing.distance), "trailing_stop"))
+    if not levels:
+        return None
+    level, kind = max(levels)
+    return kind, level
+
+
+def in_step(order: OpenOrder, amount: float, stop: float, amount_step: float) -> bool:
+    """Whether a resting stop still covers `amount` at about `stop`."""
+    if order.canceling or order.stop_price is None:
+        return False
+    left = order.amount - order.filled
+    return abs(left - amount) <= max(amount_step / 2, 1e-12) and (
+        abs(order.stop_price - stop) <= stop * RESTOP
+    )
+
+
+def beyond_limit(rules: ExitRules) -> ExitRules:
+    """The emulated fallback while a stop rests on the exchange: the engine sells itself
+    only once the bid is under the stop's limit (the exchange's stop could not fill)."""
+    wider: dict[str, object] = {}
+    if rules.stop_loss is not None:
+        wider["stop_loss"] = 1 - (1 - rules.stop_loss) * (1 - STOP_SLACK)
+    trailing = rules.trailing_stop
+    if trailing is not None:
+        distance = 1 - (1 - trailing.distance) * (1 - STOP_SLACK)
+        wider["trailing_stop"] = trailing.model_copy(update={"distance": distance})
+    return rules.model_copy(update=wider)

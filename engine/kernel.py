@@ -30,8 +30,16 @@ from typing import Any
 from engine import exits as exit_rules
 from engine import logging as elog
 from engine import orders
-from engine.domain import Candle, MarketContext, OrderIntent, OrderType, Side
-from engine.exchange.fills import floor_to_step
+from engine.domain import (
+    Candle,
+    MarketContext,
+    MarketRules,
+    OpenOrder,
+    OrderIntent,
+    OrderType,
+    Side,
+)
+from engine.exchange.fills import floor_to_step, round_to_step
 from engine.exchange.gateway import Gateway, OrderStatus
 from engine.exits import ExitRules
 from engine.models import utcnow
@@ -121,28 +129,38 @@ def step(turn: Turn, state: dict[str, Any]) -> Result:
         return _decide(turn, ctx, state, turn.strategy.decide(ctx, state), {})
     own, mine = _engine_state(turn, state)
     before = dict(own)
-    cancels = 0
-    if turn.order_timeout_s:
-        cancels += _time_out(turn, ctx)
+    fired = _stop_filled(turn, ctx, own)
+    cancels = _time_out(turn, ctx) if turn.order_timeout_s else 0
     if cancels:
         ctx = _refreshed(turn, ctx)
     fills = turn.store.fills_of(turn.bot)
-    if turn.exits is not None and turn.exits.active:
-        fired = _exit(turn, ctx, own, fills)
-        if fired is not None:
-            sent, kind = fired
-            new_state = _merged(mine, None, own, before)
-            return Result(sent, new_state, (), ctx, (kind,) if kind else (), cancels)
+    exits = turn.exits if turn.exits is not None and turn.exits.active else None
+    on_exchange = exits is not None and exits.on_exchange and gateway.stop_orders
+    if exits is not None:
+        exited = _exit(turn, ctx, own, fills, on_exchange)
+        if exited is not None:
+            sent, kind = exited
+            fired += (kind,) if kind else ()
+            return Result(sent, _merged(mine, None, own, before), (), ctx, fired, cancels)
     if turn.protections is not None and turn.protections.active:
         reason = _pause_reason(turn, turn.protections, own, fills, ctx)
         if reason is not None:
             log.warning("protection.tripped", reason=reason)
-            return Result(0, _merged(mine, None, own, before), (), ctx, (), cancels, reason)
-    result = _decide(turn, ctx, mine, turn.strategy.decide(ctx, mine), own)
+            return Result(0, _merged(mine, None, own, before), (), ctx, fired, cancels, reason)
+    # The engine's protective stop is not the strategy's: it neither sees it nor has
+    # its sells refused for the base the stop holds (the stop is cancelled first).
+    seen = _without_stops(ctx) if on_exchange else ctx
+    result = _decide(turn, seen, mine, turn.strategy.decide(seen, mine), own, ctx)
+    sent = result.sent
+    if on_exchange:
+        assert exits is not None
+        sent += _keep_stop(turn, _refreshed(turn, ctx), own, exits)
     return dataclasses.replace(
         result,
+        sent=sent,
         state=_merged(mine, result.state, own, before),
         cancels=result.cancels + cancels,
+        exits=fired,
     )
 
 
@@ -152,27 +170,42 @@ def _decide(
     state: dict[str, Any],
     decision: Decision,
     own: dict[str, Any],
+    full: MarketContext | None = None,
 ) -> Result:
     """The strategy's decision carried out: its cancels first, then its intents through
-    the risk limits (and the cooldown after a stop-loss) to the order manager."""
+    the risk limits (and the cooldown after a stop-loss) to the order manager. `full`:
+    the context with the engine's protective stop in it (`ctx` hides it), which is
+    cancelled before a sell that needs the base it holds."""
     cancels, outcome = 0, dict[str, tuple[str, str]]()
     refs = set(decision.cancels) | {i.replaces for i in decision.intents if i.replaces}
     if refs:
         cancels, outcome = _cancel(turn, ctx, refs, "strategy")
         ctx = _refreshed(turn, ctx)
+        if full is not None:
+            full, ctx = ctx, _without_stops(ctx)
     intents, dropped = _replaceable(decision.intents, outcome)
     intents, cooled = _cooldown(turn, intents, own)
     checked = apply_risk(intents, ctx, turn.risk)
     dropped += [*cooled, *checked.dropped]
+    kept = list(checked.kept)
+    if full is not None and any(i.side is Side.SELL for i in kept):
+        stops = {o.client_order_id for o in full.open_orders if _is_stop(o)}
+        if stops:
+            cancels += _cancel(turn, full, stops, "strategy sells")[0]
+            if any(_is_stop(o) for o in _refreshed(turn, full).open_orders):
+                reason = "protective stop: its cancel is not confirmed yet"
+                dropped += [(i, reason) for i in kept if i.side is Side.SELL]
+                kept = [i for i in kept if i.side is not Side.SELL]
     for intent, reason in dropped:
         log.info("order.dropped", side=intent.side.value, reason=reason)
     sent = 0
-    for index, intent in enumerate(checked.kept):
+    for index, intent in enumerate(kept):
         sent += _send(turn, ctx, index, intent) is not None
     return Result(sent, decision.state, tuple(dropped), ctx, (), cancels)
 
 
 def _send(turn: Turn, ctx: MarketContext, index: int, intent: OrderIntent) -> Any:
+    """Submit one intent as order `index` of this slot."""
     assert ctx.rules is not None
     return orders.submit(
         turn.store,
@@ -247,7 +280,7 @@ def _time_out(turn: Turn, ctx: MarketContext) -> int:
         for o in ctx.open_orders
         if o.type is OrderType.LIMIT
         and not o.canceling
-        and not o.tag.startswith(exit_rules.TAG)
+        and not o.tag.startswith((exit_rules.TAG, exit_rules.STOP_TAG))
         and turn.now_ms - o.placed_at >= limit_ms
     }
     if not stale:
@@ -268,25 +301,36 @@ def _refreshed(turn: Turn, ctx: MarketContext) -> MarketContext:
 
 
 def _exit(
-    turn: Turn, ctx: MarketContext, own: dict[str, Any], fills: Sequence[Any]
+    turn: Turn,
+    ctx: MarketContext,
+    own: dict[str, Any],
+    fills: Sequence[Any],
+    on_exchange: bool,
 ) -> tuple[int, str | None] | None:
     """Enforce the bot's exits; (orders sent, the kind that fired) when this step
-    belongs to an exit (one fired, or one is still being resolved), else None."""
+    belongs to an exit (one fired, or one is still being resolved), else None.
+
+    With a protective stop resting on the exchange its levels are the exchange's to
+    enforce; the engine sells itself only at the stop's limit (the price gapped past
+    it) or for the take-profit."""
     assert turn.exits is not None
     assert ctx.rules is not None
     if any(o.tag.startswith(exit_rules.TAG) for o in ctx.open_orders):
         return 0, None  # an exit order is on its way: never a second one
     pnl = orders.pnl_from_fills(fills)
+    rules = turn.exits
+    if on_exchange and any(_is_stop(o) and not o.canceling for o in ctx.open_orders):
+        rules = exit_rules.beyond_limit(rules)
     kind, peak = exit_rules.check(
-        turn.exits, pnl.position, pnl.average_cost, ctx.ticker.bid, float(own.get("peak", 0.0))
+        rules, pnl.position, pnl.average_cost, ctx.ticker.bid, float(own.get("peak", 0.0))
     )
     if peak != own.get("peak", 0.0):
         own["peak"] = peak
     if kind is None:
         return None
-    rules = ctx.rules
-    amount = floor_to_step(pnl.position, rules.amount_step)
-    if amount <= 0 or amount < rules.min_amount or amount * ctx.ticker.bid < rules.min_notional:
+    market = ctx.rules
+    amount = _sellable(pnl.position, ctx.ticker.bid, market)
+    if amount is None:
         return None  # dust: nothing the exchange would take
     log.warning(
         f"exit.{kind}",
@@ -302,7 +346,7 @@ def _exit(
         # Free what the bot's orders hold, and stop them buying back in.
         _cancel(turn, ctx, others, f"exit:{kind}")
         ctx = _refreshed(turn, ctx)
-        amount = floor_to_step(min(amount, ctx.position), rules.amount_step)
+        amount = floor_to_step(min(amount, ctx.position), market.amount_step)
         if ctx.open_orders or amount <= 0:
             return 0, kind  # a cancel is not confirmed: the next step sells
     intent = OrderIntent(
@@ -312,6 +356,88 @@ def _exit(
         tag=f"{exit_rules.TAG}{kind}",
     )
     return int(_send(turn, ctx, 0, intent) is not None), kind
+
+
+def _is_stop(order: OpenOrder) -> bool:
+    return order.tag.startswith(exit_rules.STOP_TAG)
+
+
+def _without_stops(ctx: MarketContext) -> MarketContext:
+    """The context as the strategy sees it: without the engine's protective stop."""
+    if not any(_is_stop(o) for o in ctx.open_orders):
+        return ctx
+    return dataclasses.replace(
+        ctx, open_orders=tuple(o for o in ctx.open_orders if not _is_stop(o))
+    )
+
+
+def _sellable(position: float, price: float, market: MarketRules) -> float | None:
+    """The position floored to the amount step; None when the exchange would not take it."""
+    amount = floor_to_step(position, market.amount_step)
+    if amount <= 0 or amount < market.min_amount or amount * price < market.min_notional:
+        return None
+    return amount
+
+
+def _stop_filled(turn: Turn, ctx: MarketContext, own: dict[str, Any]) -> tuple[str, ...]:
+    """The exit the exchange carried out since the last step: the protective stop the
+    engine placed (`own["stop"]`) no longer rests and filled, whoever settled it (a
+    worker settles every bot's orders when it starts)."""
+    cid = own.get("stop")
+    if cid is None or any(o.client_order_id == cid for o in ctx.open_orders):
+        return ()
+    del own["stop"]
+    row = turn.store.by_cid(cid)
+    if row is None or row.status != OrderStatus.CLOSED.value:
+        return ()  # cancelled (moved, or the position left otherwise)
+    kind = row.tag.removeprefix(exit_rules.STOP_TAG)
+    log.warning(f"exit.{kind}", on_exchange=True, average=row.average, amount=row.filled)
+    if kind == "stop_loss":
+        own["last_stop"] = turn.now_ms
+    return (kind,)
+
+
+def _keep_stop(turn: Turn, ctx: MarketContext, own: dict[str, Any], rules: ExitRules) -> int:
+    """Keep one stop-limit sell resting on the exchange for the whole position at its
+    exit level (the stop-loss, or the trailing stop once armed), so the position stays
+    protected while the engine is down: placed when a position opens, replaced when the
+    position or the level moves (the trailing stop only upwards, in steps of at least
+    `exits.RESTOP`), cancelled when the position is gone. Returns the orders sent."""
+    assert ctx.rules is not None
+    market = ctx.rules
+    pnl = orders.pnl_from_fills(turn.store.fills_of(turn.bot))
+    stops = [o for o in ctx.open_orders if _is_stop(o)]
+    want = exit_rules.stop_level(rules, pnl.average_cost, float(own.get("peak", 0.0)))
+    amount = _sellable(pnl.position, ctx.ticker.bid, market) if want else None
+    if want is None or amount is None:
+        if stops:
+            _cancel(turn, ctx, {o.client_order_id for o in stops}, "position gone")
+        return 0
+    kind, level = want
+    stop = round_to_step(level, market.price_step)
+    current = stops[0] if len(stops) == 1 else None
+    if current is not None and exit_rules.in_step(current, amount, stop, market.amount_step):
+        return 0
+    live = [o for o in stops if not o.canceling]
+    if live:
+        _cancel(turn, ctx, {o.client_order_id for o in live}, "restop")
+    if any(_is_stop(o) for o in _refreshed(turn, ctx).open_orders):
+        return 0  # the old stop's cancel is not confirmed: the next step places the new one
+    limit = round_to_step(level * (1 - exit_rules.STOP_SLACK), market.price_step)
+    intent = OrderIntent(
+        side=Side.SELL,
+        type=OrderType.LIMIT,
+        amount=amount,
+        price=limit,
+        stop_price=stop,
+        reason=f"protective {kind}: stop {stop:.8g}, limit {limit:.8g}",
+        tag=f"{exit_rules.STOP_TAG}{kind}",
+    )
+    placed = _send(turn, ctx, exit_rules.STOP_INDEX, intent)
+    if placed is None:
+        return 0
+    own["stop"] = placed.client_order_id
+    return 1
 
 
 def _pause_reason(

@@ -131,6 +131,7 @@ class OrderBase(SQLModel):
     type: str = Field(max_length=8)
     amount: float
     price: float | None = None
+    stop_price: float | None = None  # a stop-limit order: rests untriggered until then
     status: str = Field(max_length=16, index=True)
     exchange_order_id: str | None = None
     filled: float = 0.0

@@ -203,6 +203,7 @@ def submit(
         "type": intent.type.value,
         "amount": 0.0,
         "price": intent.price,
+        "stop_price": intent.stop_price,
         "reason": intent.reason,
         "tag": intent.tag,
         "status": OrderStatus.PENDING_SUBMIT.value,
@@ -229,7 +230,9 @@ def submit(
         store.set_status(row, OrderStatus.REJECTED, "fenced")
         log.info("order.fenced", client_order_id=cid)
         raise
-    request = OrderRequest(rules.symbol, intent.side, intent.type, row.amount, cid, row.price)
+    request = OrderRequest(
+        rules.symbol, intent.side, intent.type, row.amount, cid, row.price, intent.stop_price
+    )
     try:
         report = gateway.create_order(request)
     except OrderRejectedError as exc:
@@ -434,6 +437,7 @@ def view(row: OrderBase) -> OpenOrder:
         tag=row.tag,
         placed_at=int(row.created_at.timestamp() * 1000),
         canceling=row.cancel_reason is not None,
+        stop_price=row.stop_price,
     )
 
 

@@ -57,8 +57,8 @@ _LIVE_ROWS = Prepared(
 _BY_CID = Prepared(sa_select(_orders).where(_orders.c.client_order_id == bindparam("cid")))
 _NEW_ORDER = (
     "client_order_id", "bot", "generation", "slot", "intent_index", "exchange", "symbol",
-    "side", "type", "amount", "price", "reason", "tag", "status", "error", "created_at",
-    "updated_at",
+    "side", "type", "amount", "price", "stop_price", "reason", "tag", "status", "error",
+    "created_at", "updated_at",
 )  # fmt: skip
 _INSERT_ORDER = Prepared(insert(_orders).returning(_orders.c.id), columns=_NEW_ORDER)
 _INSERT_FILL = Prepared(insert(_fills), columns=[c.key for c in _fills.c if c.key != "id"])
@@ -202,7 +202,7 @@ class DbOrderStore:
     def fills_of(self, bot: str) -> list[Fill]:
         """The bot's fills, oldest first (read only for bots with exits or protections)."""
         with prepared.reading(self.db) as conn:
-            return [Fill.model_construct(**r) for r in conn.mappings(_FILLS_OF, {"bot": bot})]
+            return [Fill(**r) for r in conn.mappings(_FILLS_OF, {"bot": bot})]
 
     def apply(self, row: OrderBase, report: OrderReport) -> str:
         """Book the fills `report` adds and write its status to the row (and `row`), in

@@ -87,3 +87,26 @@ class Requote(Strategy[RequoteParams]):
             replaces=replaces,
         )
         return Decision(intents=(intent,), state={"n": n + 1})
+
+
+class BuyThenSellParams(StrategyParams):
+    """Buy `quote_amount` at market on the first tick, sell it all on tick `sell_at`."""
+
+    quote_amount: float = 400.0
+    sell_at: int = 3
+
+
+class BuyThenSell(Strategy[BuyThenSellParams]):
+    """A round trip at chosen ticks (its own count in the state)."""
+
+    name = "buy_then_sell"
+    params_model = BuyThenSellParams
+
+    def decide(self, ctx: MarketContext, state: Mapping[str, Any]) -> Decision:
+        n = int(state.get("n", 0))
+        intents: tuple[OrderIntent, ...] = ()
+        if n == 0:
+            intents = (OrderIntent(Side.BUY, quote_amount=self.params.quote_amount),)
+        elif n == self.params.sell_at and ctx.position > 0:
+            intents = (OrderIntent(Side.SELL, amount=ctx.position),)
+        return Decision(intents=intents, state={"n": n + 1})

@@ -13,14 +13,19 @@ from typing import Any
 import pytest
 from sqlmodel import Session, col, select
 
-from engine import lifecycle
+from engine import kernel, lifecycle
 from engine.config import parse_bot_config
 from engine.exchange.simulator import SimulatorConfig, SimulatorServer
 from engine.exchange.simulator.config import ManualClock
+from engine.exits import ExitRules
 from engine.models import Bot, Order, Tick
 from engine.orders import position_and_pnl
+from engine.risk import RiskLimits
+from engine.store import DbOrderStore
 from tests.chain_support import Engine
+from tests.custom_strategies import BuyThenSell, BuyThenSellParams
 from tests.support import wait_for
+from tests.test_orders import gateway
 
 pytestmark = pytest.mark.sqlite_only  # the engine's SQL is the same as in every chain test
 
@@ -41,7 +46,8 @@ def _rows(path: list[tuple[int, float]]) -> list[tuple[int, float, float, float,
 @pytest.fixture
 def market(engine: Engine) -> Iterator[tuple[SimulatorServer, ManualClock]]:
     """A simulator replaying 40,000 until second 100, 38,000 until 200, then a rise to
-    44,000 by steps and a fall; its clock starts at second 10 and the test moves it."""
+    44,000 by steps and a fall, from 400 a rise to 42,000 and a fall to 41,500; its
+    clock starts at second 10 and the test moves it."""
     path = [
         (0, FLAT),
         (100, DROP),
@@ -53,6 +59,10 @@ def market(engine: Engine) -> Iterator[tuple[SimulatorServer, ManualClock]]:
         (340, 43_800.0),
         (350, 43_500.0),
         (360, 43_000.0),
+        (400, FLAT),
+        (450, 42_000.0),
+        (500, 41_500.0),
+        (600, DROP),
     ]
     clock = ManualClock((T0 + 10) * 1000)
     config = SimulatorConfig(replay={"BTCUSDT": _rows(path)}, clock=clock)
@@ -217,6 +227,58 @@ def test_a_replace_whose_cancel_answer_is_lost_leaves_database_and_exchange_agre
     _agree(engine, server, "rq")
 
 
+def test_an_on_exchange_stop_follows_the_position_and_protects_it_while_the_engine_is_down(
+    engine: Engine, market: tuple[SimulatorServer, ManualClock]
+) -> None:
+    server, clock = market
+    clock.set((T0 + 410) * 1000)
+    engine.procs.beat()
+    _worker(engine, "w1")
+    # Given a live bot whose stop rests on the exchange
+    _start(
+        engine,
+        "onx",
+        "exits: {stop_loss: 3%, trailing_stop: {activate: 2%, distance: 1%}, on_exchange: true}\n",
+    )
+
+    def stops(status: str = "NEW") -> list[dict[str, Any]]:
+        return [
+            o for o in server.orders() if o["type"] == "STOP_LOSS_LIMIT" and o["status"] == status
+        ]
+
+    # Then a stop-limit for the whole position rests 3 % under the entry
+    assert wait_for(lambda: len(stops()) == 1, 20)
+    held = _position(engine, "onx")
+    assert float(stops()[0]["origQty"]) == pytest.approx(held, abs=1e-5)
+    assert float(server.sim.order(stops()[0]["clientOrderId"])["stopPrice"]) == 38_800.0  # type: ignore[index]
+    # And when the price rises past the trailing stop's activation the stop moves up
+    clock.set((T0 + 455) * 1000)
+    assert wait_for(lambda: len(stops()) == 1 and len(stops("CANCELED")) == 1, 20)
+    assert float(server.sim.order(stops()[0]["clientOrderId"])["stopPrice"]) == 41_580.0  # type: ignore[index]
+    # When every worker is gone and the price falls through the stop
+    engine.procs.kill("w1")
+    clock.set((T0 + 505) * 1000)
+    # Then the exchange sold while the engine was down, once
+    assert wait_for(lambda: len(stops("FILLED")) == 1, 10)
+    assert [o["status"] for o in _sim_sells(server)] == ["CANCELED", "FILLED"]
+    # And once a worker is back the database knows it, and nothing more is sold
+    _worker(engine, "w2")
+    assert wait_for(lambda: _position(engine, "onx") < 1e-9, 30)
+
+    def exits() -> list[dict[str, Any]]:
+        records = engine.procs.log_records("w2")
+        return [r for r in records if r.get("event") == "exit.trailing_stop"]
+
+    assert wait_for(lambda: len(exits()) == 1, 45)  # once the chain is back on w2
+    wait_for(lambda: False, 2)
+    assert [o["status"] for o in _sim_sells(server)] == ["CANCELED", "FILLED"]
+    rows = [(o.tag, o.status) for o in _orders(engine, "onx") if o.side == "sell"]
+    assert rows == [("stop:stop_loss", "canceled"), ("stop:trailing_stop", "closed")]
+    assert len(exits()) == 1
+    assert exits()[0]["on_exchange"] is True
+    _agree(engine, server, "onx")
+
+
 def _status(engine: Engine, bot: str) -> tuple[str, str | None]:
     with Session(engine.rt.db) as session:
         row = session.get(Bot, bot)
@@ -227,3 +289,52 @@ def _status(engine: Engine, bot: str) -> tuple[str, str | None]:
 def _ticks(engine: Engine, bot: str) -> int:
     with Session(engine.rt.db) as session:
         return len(session.exec(select(Tick.id).where(Tick.bot == bot)).all())
+
+
+def test_a_strategy_sell_cancels_the_protective_stop_first(db: Any, redis_client: Any) -> None:
+    # Given the kernel on the simulator (real ccxt client and database), a bot with its
+    # stop on the exchange that buys, holds, then sells by its own decision
+    clock = ManualClock((T0 + 10) * 1000)
+    config = SimulatorConfig(replay={"BTCUSDT": _rows([(0, FLAT)])}, clock=clock)
+    with SimulatorServer(config, port=0) as server:
+        gw = gateway(server, redis_client)
+        store = DbOrderStore(db)
+        state: dict[str, Any] = {}
+        exits = ExitRules(stop_loss=0.03, on_exchange=True)
+
+        def step(slot: int) -> kernel.Result:
+            nonlocal state
+            turn = kernel.Turn(
+                bot="rt",
+                generation=1,
+                slot=slot,
+                now_ms=(T0 + 10 + slot) * 1000,
+                symbol="BTC/USDT",
+                timeframe="1m",
+                strategy=BuyThenSell(BuyThenSellParams(sell_at=2)),
+                risk=RiskLimits(),
+                gateway=gw,
+                store=store,
+                fence=lambda: None,
+                exits=exits,
+            )
+            result = kernel.step(turn, state)
+            state = result.state if result.state is not None else state
+            return result
+
+        def sim(kind: str) -> list[str]:
+            return [o["status"] for o in server.orders() if o["type"] == kind]
+
+        # When it buys, the stop goes on the exchange with it; a step later nothing moves
+        assert step(0).sent == 2
+        assert sim("STOP_LOSS_LIMIT") == ["NEW"]
+        assert step(1).sent == 0
+        # Then its sell cancels the stop first (the stop holds the base), and is sent
+        result = step(2)
+        assert result.sent == 1
+        assert result.cancels == 1
+        assert sim("STOP_LOSS_LIMIT") == ["CANCELED"]
+        assert sim("MARKET") == ["FILLED", "FILLED"]
+        # And with no position left no new stop is placed
+        assert step(3).sent == 0
+        assert sim("STOP_LOSS_LIMIT") == ["CANCELED"]

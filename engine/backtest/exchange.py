@@ -36,6 +36,7 @@ class CandleExchange:
     """A simulated account of one bot over `candles` (oldest first), stepped by `at`."""
 
     exchange_id = EXCHANGE_ID
+    stop_orders = False  # exits are emulated in a backtest, as on paper
 
     def __init__(
         self,

@@ -70,6 +70,7 @@ class CcxtGateway:
     ) -> None:
         self.client = client
         self.exchange_id = client.spec.exchange_id
+        self.stop_orders = bool(client.exchange.has.get("createStopLossOrder"))
         self.limiter = limiter
         self.retry = retry or ReadRetry()
         self.markets_refresh_s = markets_refresh_s
@@ -209,7 +210,9 @@ class CcxtGateway:
         """Send one order, never retried: a lost answer raises OrderUnknownError."""
         self._load_markets()
         price = request.price if request.type is OrderType.LIMIT else None
-        params = {"clientOrderId": request.client_order_id}
+        params: dict[str, Any] = {"clientOrderId": request.client_order_id}
+        if request.stop_price is not None:
+            params["stopLossPrice"] = request.stop_price  # ccxt's unified stop-loss trigger
         raw = self._request(
             lambda ex: ex.create_order(
                 request.symbol,

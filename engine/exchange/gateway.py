@@ -45,6 +45,7 @@ class OrderRequest:
     amount: float
     client_order_id: str
     price: float | None = None
+    stop_price: float | None = None  # a stop-limit: rests untriggered until the price reaches it
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,9 @@ class Gateway(Protocol):
     """Market data, balances and orders on one exchange account."""
 
     exchange_id: str
+    stop_orders: bool
+    """Whether `create_order` places stop-limit orders (`stop_price`) that rest on the
+    exchange: where ccxt says the exchange takes them, never on paper or in a backtest."""
 
     def market_rules(self, symbol: str) -> MarketRules:
         """Precision and minimums of `symbol` (markets are loaded once per process)."""

@@ -287,6 +287,7 @@ class CachedGateway:
         self.cache = cache
         self.source = source
         self.exchange_id = inner.exchange_id
+        self.stop_orders = inner.stop_orders
         self.ticker_max_age_s = ticker_max_age_s
         self.ohlcv_max_age_s = ohlcv_max_age_s
 

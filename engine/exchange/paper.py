@@ -144,6 +144,7 @@ class PaperGateway:
         self.data = data
         self.db = db
         self.exchange_id = data.exchange_id
+        self.stop_orders = False  # exits of paper bots are emulated by the engine
         self.initial_balances = dict(balances)
         self.model = model or fills.FillModel()
         self._initialised = False
@@ -186,6 +187,8 @@ class PaperGateway:
 
     def create_order(self, request: OrderRequest) -> OrderReport:
         """Fill a market order now, or rest a limit order; unpayable → OrderRejectedError."""
+        if request.stop_price is not None:
+            raise OrderRejectedError("the paper broker takes no stop orders")
         self._ensure_balances()
         self._sweep(request.symbol)
         ticker = self.data.fetch_ticker(request.symbol)

@@ -95,6 +95,18 @@ class Market:
         low_ask = max(self._ask_ticks(bar.low), self._bid_ticks(bar.low) + 1)
         return self.tick * low_ask, self.tick * self._bid_ticks(bar.high)
 
+    def reach(self, start_s: int, end_s: int) -> tuple[Decimal, Decimal]:
+        """(lowest bid, highest ask) over seconds ``[start_s, end_s)``: how far the
+        market went against a resting order's side (what triggers stop orders)."""
+        bar = self.path.bar(start_s, end_s)
+        assert bar is not None
+        if self.replay:
+            return self.tick * round(bar.low / self.tick_f), self.tick * round(
+                bar.high / self.tick_f
+            )
+        low_bid = self._bid_ticks(bar.low)
+        return self.tick * low_bid, self.tick * max(self._ask_ticks(bar.high), low_bid + 1)
+
     def fmt(self, price: float) -> str:
         """A price rounded to the tick, as Binance prints it."""
         return f"{round(price / self.tick_f) * self.tick_f:.{self.price_decimals}f}"
@@ -255,7 +267,13 @@ class Market:
             "quoteAssetPrecision": 8,
             "baseCommissionPrecision": 8,
             "quoteCommissionPrecision": 8,
-            "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET"],
+            "orderTypes": [
+                "LIMIT",
+                "LIMIT_MAKER",
+                "MARKET",
+                "STOP_LOSS_LIMIT",
+                "TAKE_PROFIT_LIMIT",
+            ],
             "icebergAllowed": False,
             "ocoAllowed": False,
             "otoAllowed": False,

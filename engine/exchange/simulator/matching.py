@@ -23,7 +23,8 @@ from .orders import ZERO, Account, Order, Trade
 
 _EIGHT = Decimal("0.00000001")
 _SIDES = ("BUY", "SELL")
-_TYPES = ("LIMIT", "MARKET", "LIMIT_MAKER")
+_STOPS = ("STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT")
+_TYPES = ("LIMIT", "MARKET", "LIMIT_MAKER", *_STOPS)
 _TIME_IN_FORCE = ("GTC", "IOC", "FOK")
 _RESP_TYPES = ("ACK", "RESULT", "FULL")
 _CLIENT_ID = re.compile(r"[.A-Z:/a-z0-9_-]{1,36}")  # Binance's rule, length limit included
@@ -69,6 +70,8 @@ class _OrderRequest:
     notional_price: Decimal
     """Price the filters and the balance check use: the limit, or the touch for market."""
     marketable: bool
+    stop_price: Decimal = ZERO
+    """Stop orders: the price that triggers them; zero otherwise."""
 
 
 def _parse_request(
@@ -110,8 +113,25 @@ def _parse_request(
         raise errors.filter_failure("LOT_SIZE")
     if qty * notional_price < Decimal(spec.min_notional):
         raise errors.filter_failure("NOTIONAL")
+    stop = ZERO
+    if kind in _STOPS:
+        stop = _decimal(params, "stopPrice") or ZERO
+        if stop % spec.tick != 0:
+            raise errors.filter_failure("PRICE_FILTER")
+        if _stop_reached(kind, side, stop, bid, ask):
+            raise ApiError(400, -2010, "Order would trigger immediately.")
+        return _OrderRequest(side, kind, tif, price, qty, quote_qty, notional_price, False, stop)
     marketable = kind == "MARKET" or (price >= ask if side == "BUY" else price <= bid)
     return _OrderRequest(side, kind, tif, price, qty, quote_qty, notional_price, marketable)
+
+
+def _stop_reached(kind: str, side: str, stop: Decimal, low_bid: Decimal, high_ask: Decimal) -> bool:
+    """Whether the market reached a stop order's stop price, as Binance triggers them: a
+    sell stop-loss when the price falls to it, a sell take-profit when it rises to it
+    (and the other way round for buys). `low_bid`/`high_ask`: the bid and ask reached
+    (the current ones, or the extremes since the order was last checked)."""
+    falling = (kind == "STOP_LOSS_LIMIT") == (side == "SELL")
+    return low_bid <= stop if falling else high_ask >= stop
 
 
 class Exchange:
@@ -193,13 +213,14 @@ class Exchange:
             update_ms=now_ms,
             checked_s=now_s,
             reserved=hold,
+            stop_price=req.stop_price,
         )
         self._next_order_id += 1
         self.orders[order.order_id] = order
         account.by_client_id[client_id] = order
         if req.marketable:
             self._fill(account, market, order, ask if buy else bid, False, now_ms)
-        elif req.time_in_force != "GTC":
+        elif req.time_in_force != "GTC" and not order.waiting:
             self._close(account, order, "EXPIRED", now_ms)
         else:
             account.open_by_symbol.setdefault(market.symbol, {})[order.order_id] = order
@@ -286,12 +307,34 @@ class Exchange:
             if extremes is None:
                 extremes = seen[order.checked_s] = market.extremes(order.checked_s + 1, now_s + 1)
             low_ask, high_bid = extremes
+            since = order.checked_s
             order.checked_s = now_s
+            if order.waiting:
+                filled += self._trigger(account, market, order, since, now_s, now_ms)
+                continue
             crossed = low_ask <= order.price if order.side == "BUY" else high_bid >= order.price
             if crossed:
                 self._fill(account, market, order, order.price, True, now_ms)
                 filled += 1
         return filled
+
+    def _trigger(
+        self, account: Account, market: Market, order: Order, since: int, now_s: int, now_ms: int
+    ) -> int:
+        """Trigger a stop order the path reached since `since`: it becomes a limit order
+        at its price, filled now (at the touch) if that is marketable, else resting.
+        A price that gapped past the limit leaves it resting unfilled, as on Binance."""
+        low_bid, high_ask = market.reach(since + 1, now_s + 1)
+        if not _stop_reached(order.type, order.side, order.stop_price, low_bid, high_ask):
+            return 0
+        order.triggered = True
+        order.update_ms = now_ms
+        bid, ask = market.quote(now_s)
+        buy = order.side == "BUY"
+        if (order.price >= ask) if buy else (order.price <= bid):
+            self._fill(account, market, order, ask if buy else bid, False, now_ms)
+            return 1
+        return 0
 
     def sweep_all(self, now_ms: int) -> int:
         """Sweep every account and symbol (the server's periodic task)."""

@@ -83,6 +83,15 @@ class Order:
     cum_quote: Decimal = ZERO
     reserved: Decimal = ZERO
     trades: list[Trade] = field(default_factory=list)
+    stop_price: Decimal = ZERO
+    """STOP_LOSS_LIMIT / TAKE_PROFIT_LIMIT: the price that turns it into a limit order."""
+    triggered: bool = False
+    """A stop order whose stop price was reached: it now rests (or filled) at `price`."""
+
+    @property
+    def waiting(self) -> bool:
+        """A stop order not triggered yet: it rests off the book, its funds locked."""
+        return self.stop_price > 0 and not self.triggered
 
     @property
     def is_open(self) -> bool:
@@ -109,7 +118,7 @@ class Order:
         """``GET /api/v3/order`` and ``openOrders`` element."""
         out = self._common()
         out.update(
-            stopPrice="0.00000000",
+            stopPrice=fmt8(self.stop_price),
             icebergQty="0.00000000",
             time=self.time_ms,
             updateTime=self.update_ms,
