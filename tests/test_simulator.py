@@ -559,3 +559,52 @@ def test_the_order_log_names_accounts_without_their_keys(
     assert DEFAULT_API_KEY not in json.dumps(log)
     label = log["orders"][0]["account"]
     assert admin(server, "GET", f"/_sim/orders?account={label}")["count"] == 1
+
+
+# -- stop orders ---------------------------------------------------------------------------
+
+
+def test_stop_limit_orders_rest_untriggered_then_trigger_as_binance_does() -> None:
+    # Given a replayed path: 100.00, then 96.00 from second 100, 94.00 from 200, 90.00 from
+    # 300, 110.00 from 400
+    t0 = 1_900_000_000
+    steps = [(0, 100.0), (100, 96.0), (200, 94.0), (300, 90.0), (400, 110.0)]
+    rows = [
+        ((t0 + s) * 1000, p, p, p, p, 1.0)
+        for (start, p), (end, _) in zip(steps, [*steps[1:], (500, 0.0)], strict=True)
+        for s in range(start, end)
+    ]
+    clock = ManualClock((t0 + 10) * 1000)
+    config = SimulatorConfig(replay={"BTCUSDT": rows}, clock=clock, sweep_interval_s=0)
+    with SimulatorServer(config, port=0) as server:
+        ex = make_ccxt_client(server.url, timeout_ms=3_000)
+        ex.load_markets()
+        free = ex.fetch_balance()["BTC"]["free"]
+        # A stop-loss sell at 97 (limit 96.5) and one at 95 (limit 93.5) rest untriggered,
+        # their base locked; one already reached is refused
+        near = ex.create_order(SYMBOL, "limit", "sell", 1.0, 96.5, {"stopLossPrice": 97.0})
+        far = ex.create_order(SYMBOL, "limit", "sell", 1.0, 93.5, {"stopLossPrice": 95.0})
+        assert [near["status"], far["status"]] == ["open", "open"]
+        assert ex.fetch_balance()["BTC"]["free"] == pytest.approx(free - 2.0)
+        with pytest.raises(ccxt.InvalidOrder, match="would trigger immediately"):
+            ex.create_order(SYMBOL, "limit", "sell", 1.0, 100.5, {"stopLossPrice": 101.0})
+        logged = {o["clientOrderId"]: o for o in server.orders()}
+        assert logged[near["clientOrderId"]]["type"] == "STOP_LOSS_LIMIT"
+        # When the price falls to 96: the near stop triggers, and its limit 96.5 is not
+        # reached any more (the price gapped past it): it rests as a limit order
+        clock.set((t0 + 110) * 1000)
+        assert ex.fetch_order(near["id"], SYMBOL)["status"] == "open"
+        assert ex.fetch_order(far["id"], SYMBOL)["status"] == "open"
+        # When it falls to 94: the far one triggers and fills at the bid, at or above its limit
+        clock.set((t0 + 210) * 1000)
+        filled = ex.fetch_order(far["id"], SYMBOL)
+        assert (filled["status"], filled["average"]) == ("closed", 94.0)
+        # A take-profit sell triggers when the price rises to its stop
+        clock.set((t0 + 310) * 1000)
+        tp = ex.create_order(SYMBOL, "limit", "sell", 1.0, 104.0, {"takeProfitPrice": 105.0})
+        assert tp["status"] == "open"
+        clock.set((t0 + 410) * 1000)
+        assert ex.fetch_order(tp["id"], SYMBOL)["status"] == "closed"
+        # And a triggered stop resting as a limit fills like one once the path crosses it
+        assert ex.fetch_order(near["id"], SYMBOL)["status"] == "closed"
+        ex.session.close()
