@@ -33,8 +33,9 @@ from benchmarks.profiles import CHAOS_PROFILES, ChaosProfile
 from benchmarks.run import quiet_harness_logs
 from benchmarks.supervisor import Supervisor
 from engine import lifecycle, orders
+from engine.exits import ExitRules
 from engine.lifecycle import Change
-from engine.models import Bot, Order
+from engine.models import Bot, Fill, Order
 from engine.runtime import Runtime
 from engine.supervise import Proc
 
@@ -114,6 +115,7 @@ class Chaos:
         self.rng = random.Random(profile.seed + 1)
         self.faults: list[tuple[str, float]] = []
         self.spawned = 0
+        self.exit_bots: list[str] = []  # the bots with exits (their stops on the exchange)
         # Kills, respawns and the supervisor all change the process table: one at a time.
         self.lock = threading.Lock()
         self.supervisor = Supervisor(
@@ -194,6 +196,12 @@ class Chaos:
             )
         ]
         live = {c.name for c in configs if c.mode == "live"}
+        exits = ExitRules.model_validate(p.exits)
+        configs = [
+            c.model_copy(update={"exits": exits}) if c.name in live and i % 2 == 0 else c
+            for i, c in enumerate(configs)
+        ]
+        self.exit_bots = sorted(c.name for c in configs if c.exits.active)
         self.stack.sim("/_sim/faults", exchange_faults(p))
         t0 = time.time()
         changes = start_twice(self.rt, configs)
@@ -209,6 +217,7 @@ class Chaos:
             inject[kind]()
         _sleep_until(t0 + p.duration_s)
         self._await_recovery([c.name for c in configs])
+        protected = self._protection()
         # Read before stopping: a stop turns an errored bot into a stopped one.
         with Session(self.rt.db) as session:
             statuses = {b.name: str(b.status) for b in session.exec(select(Bot))}
@@ -221,7 +230,9 @@ class Chaos:
         self.supervisor.stop()
         procs = self.stack.procs
         procs.stop([p.name for p in procs.procs.values() if p.role in ("engine-worker", "beat")])
-        return self._check(configs, live, changes, statuses, stopped_ms, stopped_at, fired, t0)
+        return self._check(
+            configs, live, changes, statuses, stopped_ms, stopped_at, fired, t0, protected
+        )
 
     def _await_recovery(self, names: list[str]) -> None:
         """Keep running until every bot ticked after the last fault (or the bound ran
@@ -239,6 +250,35 @@ class Chaos:
         while time.time() < deadline and not resumed():
             time.sleep(1.0)
 
+    def _protection(self) -> invariants.Check:
+        """After the last fault, while the bots run: every exit bot holding a position
+        has its stop resting on the exchange (asked again once, 3 s later, for a bot
+        whose tick was between a fill and its new stop when first asked)."""
+        check = invariants.positions_protected(*self._positions_and_stops())
+        if not check.ok:
+            time.sleep(3.0)
+            check = invariants.positions_protected(*self._positions_and_stops())
+        return check
+
+    def _positions_and_stops(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Each exit bot's sellable position (database), and the base its resting stops
+        cover on the exchange."""
+        positions = {}
+        for name in self.exit_bots:
+            pnl = orders.position_and_pnl(self.rt.db, name)
+            positions[name] = pnl.position if pnl.position * pnl.average_cost >= 10 else 0.0
+        with Session(self.rt.db) as session:
+            query = select(Order.client_order_id, Order.bot).where(
+                Order.bot.in_(self.exit_bots)  # type: ignore[attr-defined]
+            )
+            owner = dict(session.exec(query).all())
+        covered: dict[str, float] = {}
+        for o in self.stack.sim("/_sim/orders")["orders"]:
+            bot = owner.get(o["clientOrderId"])
+            if bot and o["type"] == "STOP_LOSS_LIMIT" and o["status"] == "NEW":
+                covered[bot] = covered.get(bot, 0.0) + float(o["origQty"])
+        return positions, covered
+
     def _stop_all(self, names: list[str]) -> dict[str, float]:
         stopped: dict[str, float] = {}
 
@@ -249,6 +289,16 @@ class Chaos:
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="chaos-stop") as pool:
             list(pool.map(stop, names))
         return stopped
+
+    def _fills(self, bots: list[str]) -> dict[str, list[Fill]]:
+        with Session(self.rt.db) as session:
+            rows = session.exec(
+                select(Fill).where(Fill.bot.in_(bots)).order_by(Fill.filled_at, Fill.id)  # type: ignore[attr-defined]
+            ).all()
+        out: dict[str, list[Fill]] = {b: [] for b in bots}
+        for row in rows:
+            out[row.bot].append(row)
+        return out
 
     def _final_reconcile(self, live: list[Any]) -> None:
         """Settle every pending/unknown/open order by client order id (grace 0: the bots
@@ -266,6 +316,7 @@ class Chaos:
         stopped_at: float,
         fired: dict[str, Any],
         t0: float,
+        protected: invariants.Check,
     ) -> dict[str, Any]:
         db = self.rt.db
         logs = self.stack.procs.logs("engine-worker")
@@ -296,6 +347,8 @@ class Chaos:
                 for trading in (False, True)
             ),
             invariants.no_order_after_stop(exchange, owner, stopped_ms),
+            invariants.exits_never_sold_twice(self._fills(self.exit_bots)),
+            protected,
             invariants.no_bot_in_error(statuses),
             invariants.Check(
                 "double_start_one_chain_per_bot",
@@ -317,6 +370,7 @@ class Chaos:
             "engine_env": CHAOS_ENV,
             "bots": len(configs),
             "live_bots": len(live),
+            "exit_bots": len(self.exit_bots),
             "ticks_recorded": len(ticks),
             "outcomes": dict(sorted(_count(t.outcome for t in ticks).items())),
             "faults": [{"fault": k, "at_s": round(t - t0, 1)} for k, t in self.faults],

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.metrics import TickRow
+from engine.orders import ledger
 
 # Orders in these states may have reached the exchange; `rejected` ones never did.
 UNRESOLVED = ("pending_submit", "unknown")
@@ -150,3 +151,37 @@ def no_bot_in_error(statuses: dict[str, str]) -> Check:
     bad credentials should)."""
     errored = sorted(b for b, s in statuses.items() if s == "error")
     return Check("no_bot_moved_to_error", not errored, {"errored": errored[:20]})
+
+
+def exits_never_sold_twice(fills: dict[str, list[Any]]) -> Check:
+    """No exit bot ever sold more than it held: its position after every fill, in the
+    order they happened (net of fees taken in base), stays at or above zero. An exit or
+    a stop sent twice would sell base the bot no longer has (the simulator's account
+    holds more, so the exchange would not refuse it)."""
+    oversold = {}
+    sells = 0
+    for bot, rows in fills.items():
+        lowest = 0.0
+        for fill, _, _, position, _ in ledger(rows):
+            sells += fill.side == "sell"
+            lowest = min(lowest, position)
+        if lowest < -1e-6:
+            oversold[bot] = lowest
+    return Check("exits_never_sold_twice", not oversold, {"sells": sells, "oversold": oversold})
+
+
+def positions_protected(positions: dict[str, float], covered: dict[str, float]) -> Check:
+    """Every exit bot holding a position (`on_exchange`) has a stop resting on the
+    exchange for it, after the faults."""
+    holding = {b: p for b, p in positions.items() if p > 0}
+    bare = sorted(b for b in holding if covered.get(b, 0.0) <= 0)
+    short = {
+        b: [round(covered[b], 8), round(p, 8)]
+        for b, p in holding.items()
+        if b not in bare and abs(covered[b] - p) > 1e-4 * max(p, 1e-9) + 1e-8
+    }
+    return Check(
+        "on_exchange_positions_protected",
+        not bare,
+        {"holding": len(holding), "unprotected": bare, "stop_differs_from_position": short},
+    )

@@ -117,6 +117,11 @@ class ChaosProfile:
     # slots is parked and only beat's dispatch sends it (0: none).
     parked_every: int = 3
     live_fraction: float = 0.5  # the rest are paper bots
+    # Every other live bot has exits (tight stop-loss and take-profit, its stop resting on
+    # the exchange): exits fire and stops move all through the faults.
+    exits: dict[str, Any] = field(
+        default_factory=lambda: {"stop_loss": 0.002, "take_profit": 0.002, "on_exchange": True}
+    )
     seed: int = 7
     recovery_bound_s: float = 30.0
     worker: WorkerSpec = field(default_factory=lambda: WorkerSpec(workers=2, concurrency=8))

@@ -3,9 +3,11 @@ config errors. (Real workers against the simulator: tests/test_exits_live.py.)""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from engine.backtest import run_backtest
+from engine.backtest import BacktestResult, run_backtest
 from engine.config import parse_bot_config
 from engine.domain import Candle, MarketRules
 from engine.errors import BotConfigError
@@ -26,9 +28,10 @@ def candles(path: list[float]) -> list[Candle]:
     return out
 
 
-def backtest(path: list[float], **kw: object) -> object:
+def backtest(path: list[float], strategy: Any = None, **kw: Any) -> BacktestResult:
+    """`strategy` (default: buy 1,000 USDT once) over 1-minute candles along `path`."""
     return run_backtest(
-        BuyOnce(BuyOnceParams(quote_amount=1000)),
+        strategy or BuyOnce(BuyOnceParams(quote_amount=1000)),
         candles(path),
         symbol="BTC/USDT",
         balances={"USDT": 10_000},
@@ -36,7 +39,7 @@ def backtest(path: list[float], **kw: object) -> object:
         risk=None,
         rules=RULES,
         timeframe="1m",
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 
@@ -98,14 +101,14 @@ def test_a_stop_loss_sells_the_whole_position_once() -> None:
     path = [40_000.0] * 5 + [39_000.0, 38_700.0, 38_000.0, 37_000.0, 36_000.0]
     result = backtest(path, exits=ExitRules(stop_loss=0.03))
     # Then it sold once, everything, when the price fell 3 % under the entry
-    sells = [t for t in result.trades if t.side.value == "sell"]  # type: ignore[attr-defined]
-    buys = [t for t in result.trades if t.side.value == "buy"]  # type: ignore[attr-defined]
+    sells = [t for t in result.trades if t.side.value == "sell"]
+    buys = [t for t in result.trades if t.side.value == "buy"]
     assert len(buys) == 1
     assert len(sells) == 1
     assert sells[0].tag == "exit:stop_loss"
     assert sells[0].price == 38_700.0
     assert sells[0].amount == pytest.approx(buys[0].amount, rel=1e-4)
-    assert result.exits == {"stop_loss": 1}  # type: ignore[attr-defined]
+    assert result.exits == {"stop_loss": 1}
 
 
 def test_a_trailing_stop_follows_the_price_up_and_fires_on_the_way_down() -> None:
@@ -113,7 +116,7 @@ def test_a_trailing_stop_follows_the_price_up_and_fires_on_the_way_down() -> Non
     down = [43_800.0, 43_600.0, 43_500.0, 43_000.0, 42_000.0]
     rules = ExitRules(stop_loss=0.05, trailing_stop=TrailingStop(activate=0.02, distance=0.01))
     result = backtest(up + down, exits=rules)
-    sells = [t for t in result.trades if t.side.value == "sell"]  # type: ignore[attr-defined]
+    sells = [t for t in result.trades if t.side.value == "sell"]
     # 1 % under the 44,000 high is 43,560: the first price at or below it sells
     assert [(s.tag, s.price) for s in sells] == [("exit:trailing_stop", 43_500.0)]
 
@@ -127,11 +130,11 @@ def test_a_protection_pauses_the_backtest_and_no_order_follows() -> None:
         protections=Protections(losing_streak=1),
     )
     # Then the step after the losing exit paused the bot, and nothing traded after it
-    fired = result.protections  # type: ignore[attr-defined]
+    fired = result.protections
     assert len(fired) == 1
     assert fired[0][1].startswith("losing_streak: 1 losing trades")
-    assert len(result.trades) == 2  # type: ignore[attr-defined]
-    assert result.trades[-1].ts < fired[0][0]  # type: ignore[attr-defined]
+    assert len(result.trades) == 2
+    assert result.trades[-1].ts < fired[0][0]
 
 
 def test_cooldown_after_a_stop_drops_the_buys() -> None:
@@ -142,15 +145,9 @@ def test_cooldown_after_a_stop_drops_the_buys() -> None:
         def decide(self, ctx, state):  # type: ignore[no-untyped-def]
             return super().decide(ctx, {} if ctx.position <= 1e-9 else {"bought": True})
 
-    result = run_backtest(
+    result = backtest(
+        path,
         Rebuy(BuyOnceParams(quote_amount=1000)),
-        candles(path),
-        symbol="BTC/USDT",
-        balances={"USDT": 10_000},
-        fill_model=FillModel(0.001, 0.0),
-        risk=None,
-        rules=RULES,
-        timeframe="1m",
         exits=ExitRules(stop_loss=0.03),
         protections=Protections(cooldown_after_stop=3 * 60),
     )
@@ -165,31 +162,16 @@ def test_cooldown_after_a_stop_drops_the_buys() -> None:
 
 def test_replace_and_order_timeout_cancel_through_the_kernel() -> None:
     # A limit buy far below the market, replaced every step: one order rests at a time
-    result = run_backtest(
-        Requote(RequoteParams(below=0.5, amount=0.01)),
-        candles([40_000.0] * 8),
-        symbol="BTC/USDT",
-        balances={"USDT": 10_000},
-        fill_model=FillModel(0.001, 0.0),
-        risk=None,
-        rules=RULES,
-        timeframe="1m",
-    )
+    result = backtest([40_000.0] * 8, Requote(RequoteParams(below=0.5, amount=0.01)))
     store = result.store
     assert store is not None
     statuses = [o.status for o in store.orders.values()]
     assert statuses == ["canceled"] * 7 + ["open"]
     assert all(o.cancel_reason == "strategy" for o in store.orders.values() if o.status != "open")
     # And with order_timeout an order that rests too long is cancelled, then placed anew
-    timed = run_backtest(
+    timed = backtest(
+        [40_000.0] * 8,
         Requote(RequoteParams(below=0.5, amount=0.01, replace=False)),
-        candles([40_000.0] * 8),
-        symbol="BTC/USDT",
-        balances={"USDT": 10_000},
-        fill_model=FillModel(0.001, 0.0),
-        risk=None,
-        rules=RULES,
-        timeframe="1m",
         order_timeout_s=120,
     )
     assert timed.store is not None
