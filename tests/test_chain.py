@@ -54,8 +54,8 @@ def test_twenty_bots_every_slot_runs_exactly_once(engine: Engine) -> None:
     names = [f"bot{i:02d}" for i in range(20)]
     for name in names:
         lifecycle.start(engine.rt, bot_config(name, interval="1s"))
-    # When they run for 20 seconds
-    time.sleep(20)
+    # When they run for 15 seconds
+    time.sleep(15)
     for name in names:
         lifecycle.stop(engine.rt, name)
     # Then no slot ran twice, and the slots that ran form one chain with few gaps
@@ -64,7 +64,7 @@ def test_twenty_bots_every_slot_runs_exactly_once(engine: Engine) -> None:
     for name in names:
         ticks = [t for t in engine.ticks(name) if t.outcome in ("ok", "failed", "skipped")]
         slots = [t.slot for t in ticks]
-        assert len(slots) >= 15, f"{name} ran only {len(slots)} ticks in 20 s"
+        assert len(slots) >= 11, f"{name} ran only {len(slots)} ticks in 15 s"
         assert all(t.lateness_ms is not None for t in ticks)
         # Every gap is counted, including a cold start's (first tick loads ccxt markets)
         assert engine.bot(name).ticks_missed == (slots[-1] + 1) - len(slots)

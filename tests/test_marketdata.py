@@ -283,6 +283,7 @@ class StaticData:
     """A data gateway returning fixed values and counting calls."""
 
     exchange_id = "fake"
+    stop_orders = False
 
     def __init__(self) -> None:
         self.tickers = 0
