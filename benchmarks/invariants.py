@@ -170,18 +170,26 @@ def exits_never_sold_twice(fills: dict[str, list[Any]]) -> Check:
     return Check("exits_never_sold_twice", not oversold, {"sells": sells, "oversold": oversold})
 
 
-def positions_protected(positions: dict[str, float], covered: dict[str, float]) -> Check:
-    """Every exit bot holding a position (`on_exchange`) has a stop resting on the
-    exchange for it, after the faults."""
-    holding = {b: p for b, p in positions.items() if p > 0}
-    bare = sorted(b for b in holding if covered.get(b, 0.0) <= 0)
+def positions_protected(samples: Sequence[tuple[dict[str, float], dict[str, float]]]) -> Check:
+    """Every exit bot holding a position (`on_exchange`) had a stop resting on the
+    exchange for it in at least one of the `samples` (positions by bot, base covered by
+    its resting stops), taken after the faults."""
+    holding = {b for positions, _ in samples for b, p in positions.items() if p > 0}
+    bare = sorted(
+        b
+        for b in holding
+        if all(
+            positions.get(b, 0.0) > 0 and covered.get(b, 0.0) <= 0 for positions, covered in samples
+        )
+    )
+    positions, covered = samples[-1]
     short = {
-        b: [round(covered[b], 8), round(p, 8)]
-        for b, p in holding.items()
-        if b not in bare and abs(covered[b] - p) > 1e-4 * max(p, 1e-9) + 1e-8
+        b: [round(covered.get(b, 0.0), 8), round(p, 8)]
+        for b, p in positions.items()
+        if p > 0 and abs(covered.get(b, 0.0) - p) > 1e-4 * p
     }
     return Check(
         "on_exchange_positions_protected",
         not bare,
-        {"holding": len(holding), "unprotected": bare, "stop_differs_from_position": short},
+        {"holding": len(holding), "unprotected": bare, "stop_differs_last_sample": short},
     )

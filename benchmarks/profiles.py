@@ -120,7 +120,7 @@ class ChaosProfile:
     # Every other live bot has exits (tight stop-loss and take-profit, its stop resting on
     # the exchange): exits fire and stops move all through the faults.
     exits: dict[str, Any] = field(
-        default_factory=lambda: {"stop_loss": 0.002, "take_profit": 0.002, "on_exchange": True}
+        default_factory=lambda: {"stop_loss": 0.001, "take_profit": 0.001, "on_exchange": True}
     )
     seed: int = 7
     recovery_bound_s: float = 30.0
