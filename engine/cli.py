@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,11 +33,6 @@ NO_BROKER = (
     "cannot reach the broker/Redis at {url}: start Redis, or run everything embedded with "
     "`make demo`, or one bot in-process with `botengine run FILE`"
 )
-
-
-def _iso_ms(ts: int) -> str:
-    """Epoch milliseconds as an ISO time, UTC."""
-    return datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="seconds")
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -411,6 +405,7 @@ def backtest(
     from rich.progress import Progress
 
     from engine.backtest import CandleFileError, load_candles_csv, run_backtest, write_report
+    from engine.backtest.report import iso
     from engine.config import load_bot_config
     from engine.exchange.fills import FillModel
     from strategies.registry import build
@@ -446,7 +441,7 @@ def backtest(
     if result.exits:
         out.print("exits: " + ", ".join(f"{kind} {n}" for kind, n in result.exits.items()))
     for ts, reason in result.protections:
-        out.print(f"paused at {_iso_ms(ts)}: {reason} (no trading after)")
+        out.print(f"paused at {iso(ts)}: {reason} (no trading after)")
     out.print(f"wrote {out_dir}/summary.json, trades.csv, equity.png")
 
 

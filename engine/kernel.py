@@ -183,10 +183,14 @@ def _decide(
         ctx = _refreshed(turn, ctx)
         if full is not None:
             full, ctx = ctx, _without_stops(ctx)
-    intents, dropped = _replaceable(decision.intents, outcome)
-    intents, cooled = _cooldown(turn, intents, own)
+    intents, dropped = list(decision.intents), list[tuple[OrderIntent, str]]()
+    if outcome:  # only a decision that cancelled has replaces to hold back
+        intents, dropped = _replaceable(intents, outcome)
+    if own.get("last_stop") is not None:  # only after a stop-loss is there a cooldown
+        intents, cooled = _cooldown(turn, intents, own)
+        dropped += cooled
     checked = apply_risk(intents, ctx, turn.risk)
-    dropped += [*cooled, *checked.dropped]
+    dropped += checked.dropped
     kept = list(checked.kept)
     if full is not None and any(i.side is Side.SELL for i in kept):
         stops = {o.client_order_id for o in full.open_orders if _is_stop(o)}

@@ -95,8 +95,8 @@ def summary(result: BacktestResult, metrics: Metrics) -> dict[str, Any]:
         "params": result.params,
         "symbol": result.symbol,
         "candles": len(result.timestamps),
-        "start": _iso(result.timestamps[0]) if result.timestamps else None,
-        "end": _iso(result.timestamps[-1]) if result.timestamps else None,
+        "start": iso(result.timestamps[0]) if result.timestamps else None,
+        "end": iso(result.timestamps[-1]) if result.timestamps else None,
         "fill_model": asdict(result.fill_model),
         "initial_balances": result.initial_balances,
         "final_balances": result.final_balances,
@@ -106,7 +106,7 @@ def summary(result: BacktestResult, metrics: Metrics) -> dict[str, Any]:
         "rejected_orders": result.rejected,
         "dropped_intents": result.dropped,
         "exits": result.exits,
-        "protections": [{"at": _iso(ts), "reason": reason} for ts, reason in result.protections],
+        "protections": [{"at": iso(ts), "reason": reason} for ts, reason in result.protections],
         "metrics": {k: _finite(v) for k, v in asdict(metrics).items()},
     }
 
@@ -120,7 +120,7 @@ def _write_trades(result: BacktestResult, path: Path) -> None:
         for t in result.trades:
             pnl = "" if t.realized_pnl is None else repr(t.realized_pnl)
             numbers = [repr(x) for x in (t.amount, t.price, t.fee, t.quote_cost)]
-            row = [t.ts, _iso(t.ts), t.side.value, t.type.value, *numbers, pnl, t.reason, t.tag]
+            row = [t.ts, iso(t.ts), t.side.value, t.type.value, *numbers, pnl, t.reason, t.tag]
             writer.writerow(row)
 
 
@@ -170,7 +170,8 @@ def _sharpe(equity: list[float], timeframe_ms: int | None) -> float | None:
     return mean / sd * math.sqrt(_YEAR_MS / timeframe_ms)
 
 
-def _iso(ts: int) -> str:
+def iso(ts: int) -> str:
+    """Epoch milliseconds as an ISO 8601 time in UTC (`...Z`)."""
     return datetime.fromtimestamp(ts / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
