@@ -65,6 +65,8 @@ app.conf.update(
     task_soft_time_limit=max(1, settings.tick_time_limit_s - 5),
     # Results are for the API's task endpoints; ticks ignore theirs (see engine/tasks.py).
     task_track_started=True,
+    # Stores a task's retry count with its state (the task API's `retries`).
+    result_extended=True,
     result_expires=3600,
     # On shutdown give running ticks time to finish and hand ETA messages back to the
     # broker instead of letting them wait out the visibility timeout (celery #3501).

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -75,49 +77,95 @@ def _main() -> None:
     _configure_cli_logging()
 
 
+Targets = Annotated[
+    list[str] | None,
+    typer.Argument(help="Bot files, directories of them, or glob patterns", show_default=False),
+]
+EveryBot = Annotated[bool, typer.Option("--all", help="Every stored bot")]
+Labels = Annotated[
+    list[str] | None,
+    typer.Option("--label", help="Stored bots carrying this label (repeatable)"),
+]
+Offline = Annotated[
+    bool, typer.Option(help="Do not ask the exchanges whether they list the symbols")
+]
+
+
 @app.command()
-def validate(
-    files: Annotated[list[Path], typer.Argument(help="Bot YAML files")],
-    offline: Annotated[
-        bool, typer.Option(help="Do not ask the exchanges whether they list the symbols")
-    ] = False,
-) -> None:
+def validate(targets: Targets = None, offline: Offline = False) -> None:
     """Check bot config files without starting anything (and, unless --offline, that
     each exchange lists the bot's symbol)."""
-    from engine.config import load_bot_config
-
-    failed = False
-    for path in files:
-        try:
-            config = load_bot_config(path)
-        except BotConfigError as exc:
-            failed = True
-            for problem in exc.problems:
-                err.print(problem, markup=False, highlight=False, soft_wrap=True)
-            continue
-        if not offline and not _preflight(path, config):
-            failed = True
-            continue
-        out.print(
-            f"{path}: ok ({config.name}, {config.strategy.name}, {config.symbol})",
-            markup=False,
-            highlight=False,
-        )
-    if failed:
+    loaded = _checked_files(targets or [], offline, quiet_ok=False)
+    if loaded is None:
         raise typer.Exit(1)
 
 
-def _preflight(path: Path, config: Any) -> bool:
-    """Print what the exchange says of the bot's symbol; False when it cannot trade."""
-    from engine.preflight import check_market
+def _checked_files(
+    targets: list[str], offline: bool, *, quiet_ok: bool
+) -> list[tuple[Path, Any]] | None:
+    """Read, validate and (unless `offline`) preflight every named file, printing each
+    problem; the (path, config) pairs, or None when any file has a problem."""
+    from engine import bulk
     from engine.settings import get_settings
 
-    found = check_market(config, get_settings(), f"{path}:{_line_of(path, 'symbol')}: symbol")
-    for problem in found.problems:
-        err.print(problem, markup=False, highlight=False, soft_wrap=True)
-    for warning in found.warnings:
-        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
-    return not found.problems
+    if not targets:
+        raise _fail("give bot files, directories or glob patterns", 2)
+    try:
+        paths = bulk.bot_files(targets)
+    except BotConfigError as exc:
+        _print_lines(exc.problems)
+        return None
+    with _progress("reading", len(paths)) as step:
+        loaded, problems = bulk.load_configs(_stepping(paths, step))
+    _print_lines(problems)
+    failed = {p.split(":", 1)[0] for p in problems}
+    if not offline:
+        items = [(f"{path}:{_line_of(path, 'symbol')}: symbol", c) for path, c in loaded]
+        with _progress("checking markets", len(items)) as step:
+            findings = bulk.check_markets(items, get_settings(), on_each=step)
+        for (path, _), found in zip(loaded, findings, strict=True):
+            _print_lines(found.problems)
+            _print_lines(found.warnings, "warning: ")
+            if found.problems:
+                failed.add(str(path))
+    for path, config in loaded:
+        if str(path) not in failed and not quiet_ok:
+            out.print(
+                f"{path}: ok ({config.name}, {config.strategy.name}, {config.symbol})",
+                markup=False,
+                highlight=False,
+            )
+    return None if failed else loaded
+
+
+def _print_lines(lines: list[str], prefix: str = "") -> None:
+    for line in lines:
+        err.print(prefix + line, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _progress(what: str, total: int) -> Iterator[Callable[..., None]]:
+    """A progress bar on stderr for `total` steps (none for a single one); yields the
+    function that advances it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        f"[progress.description]{what}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=total < 2,
+    ) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda *_: bar.advance(task)
+
+
+def _stepping(items: list[Path], step: Callable[..., None]) -> Iterator[Path]:
+    for item in items:
+        yield item
+        step()
 
 
 def _line_of(path: Path, key: str) -> int:
@@ -131,25 +179,62 @@ def _line_of(path: Path, key: str) -> int:
 
 
 @app.command("start-bot")
-def start_bot(file: Annotated[Path, typer.Argument(help="Bot YAML file")]) -> None:
-    """Start a bot (idempotent; a changed config takes effect from the next slot)."""
-    from engine.config import load_bot_config
+def start_bot(targets: Targets = None, every: EveryBot = False, labels: Labels = None) -> None:
+    """Start bots from files, directories or globs, or stored bots by --all / --label
+    (idempotent; a changed config takes effect from the next slot). Files are all
+    checked first: one bad file starts nothing."""
+    from engine import bulk
     from engine.health import NO_TICK_CONSUMER
-    from engine.lifecycle import start
 
-    try:
-        config = load_bot_config(file)
-    except BotConfigError as exc:
-        raise _fail(str(exc)) from None
-    if not _preflight(file, config):
-        raise typer.Exit(1)  # nothing started
-    rt = _runtime()
-    try:
-        result = start(rt, config, source=str(file))
-    except BotEngineError as exc:
-        raise _fail(f"error: {exc}") from None
-    out.print(f"{result.bot}: {result.change.value} (generation {result.generation})")
+    if targets and (every or labels):
+        raise _fail("give bot files, or --all / --label, not both", 2)
+    if targets:
+        loaded = _checked_files(targets, offline=False, quiet_ok=True)
+        if loaded is None:
+            raise typer.Exit(1)  # nothing started
+        rt = _runtime()
+        with _progress("starting", len(loaded)) as step:
+            outcomes = bulk.start_configs(rt, [(str(p), c) for p, c in loaded], on_each=step)
+    else:
+        rt = _runtime()
+        outcomes = _apply_stored(rt, "start", [], every, labels)
+    _report(outcomes)
     _warn_unhealthy(rt, only=(NO_TICK_CONSUMER,))
+    if not all(o.ok for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _apply_stored(
+    rt: Any, action: str, names: list[str], every: bool, labels: list[str] | None
+) -> list[Any]:
+    """`action` on the named bots plus those --all / --label select."""
+    from engine import bulk
+
+    if not (names or every or labels):
+        raise _fail("give bot names or files, or --all / --label", 2)
+    try:
+        chosen = bulk.select_bots(rt.db, names=names, labels=labels or [], every=every)
+    except BotEngineError as exc:
+        raise _fail(str(exc)) from None
+    if not chosen:
+        raise _fail("no stored bot matches")
+    with _progress(f"{action} bots", len(chosen)) as step:
+        return bulk.apply(rt, action, chosen, on_each=step)
+
+
+def _report(outcomes: list[Any]) -> None:
+    """One line per bot, and a count when there are many."""
+    from collections import Counter
+
+    for o in outcomes:
+        if o.ok:
+            out.print(f"{o.bot}: {o.change} (generation {o.generation})", markup=False)
+        else:
+            err.print(f"{o.bot}: error: {o.error}", markup=False, soft_wrap=True)
+    if len(outcomes) > 1:
+        counts = Counter(o.change if o.ok else "failed" for o in outcomes)
+        summary = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
+        out.print(f"{len(outcomes)} bots: {summary}", markup=False)
 
 
 def _warn_unhealthy(rt: Any, only: tuple[str, ...] | None = None) -> None:
@@ -166,51 +251,69 @@ def _warn_unhealthy(rt: Any, only: tuple[str, ...] | None = None) -> None:
             err.print(f"warning: {reason}", markup=False, highlight=False, soft_wrap=True)
 
 
-def _bot_name(name_or_file: str) -> str:
-    """A bot name, or the name inside a bot file (`make stop-bot BOT=bots/x.yaml`)."""
-    path = Path(name_or_file)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        from engine.yamlsafe import DocumentError, parse_yaml
+def _bot_names(targets: list[str]) -> list[str]:
+    """Bot names, or the names inside bot files, directories or globs
+    (`make stop-bot BOT=bots/x.yaml`)."""
+    from engine import bulk
+    from engine.yamlsafe import DocumentError, parse_yaml
 
+    names = []
+    for target in targets:
+        path = Path(target)
+        if not (path.is_dir() or path.suffix in bulk.BOT_SUFFIXES or "*" in target):
+            names.append(target)
+            continue
         try:
-            data = parse_yaml(path.read_text(encoding="utf-8")).data
-        except (DocumentError, OSError, UnicodeDecodeError) as exc:
-            raise _fail(f"{path}:{getattr(exc, 'line', 1)}: {exc}") from None
-        name = data.get("name") if isinstance(data, dict) else None
-        if not isinstance(name, str):
-            raise _fail(f"{path}:1: name: missing")
-        return name
-    return name_or_file
+            files = bulk.bot_files([target])
+        except BotConfigError as exc:
+            raise _fail(str(exc)) from None
+        for file in files:
+            try:
+                data = parse_yaml(file.read_text(encoding="utf-8")).data
+            except (DocumentError, OSError, UnicodeDecodeError) as exc:
+                raise _fail(f"{file}:{getattr(exc, 'line', 1)}: {exc}") from None
+            name = data.get("name") if isinstance(data, dict) else None
+            if not isinstance(name, str):
+                raise _fail(f"{file}:1: name: missing")
+            names.append(name)
+    return names
 
 
-def _lifecycle(command: str, name: str) -> None:
-    from engine import lifecycle
+def _lifecycle(
+    action: str, targets: list[str] | None, every: bool, labels: list[str] | None
+) -> None:
+    rt = _runtime()
+    outcomes = _apply_stored(rt, action, _bot_names(targets or []), every, labels)
+    for o in outcomes:
+        if o.ok and not o.drained:
+            err.print(f"{o.bot}: a tick was still running at the time limit", markup=False)
+    _report(outcomes)
+    if not all(o.ok for o in outcomes):
+        raise typer.Exit(1)
 
-    name = _bot_name(name)
-    try:
-        result = getattr(lifecycle, command)(_runtime(), name)
-    except BotEngineError as exc:
-        raise _fail(str(exc)) from None
-    note = "" if result.drained else " (a tick was still running at the time limit)"
-    out.print(f"{result.bot}: {result.change.value} (generation {result.generation}){note}")
+
+NameTargets = Annotated[
+    list[str] | None,
+    typer.Argument(help="Bot names, bot files, directories or globs", show_default=False),
+]
 
 
 @app.command("stop-bot")
-def stop_bot(name: Annotated[str, typer.Argument(help="Bot name or file")]) -> None:
-    """Stop a bot; when this returns it sends no further order."""
-    _lifecycle("stop", name)
+def stop_bot(targets: NameTargets = None, every: EveryBot = False, labels: Labels = None) -> None:
+    """Stop bots; when this returns they send no further order."""
+    _lifecycle("stop", targets, every, labels)
 
 
 @app.command("pause-bot")
-def pause_bot(name: Annotated[str, typer.Argument(help="Bot name or file")]) -> None:
-    """Pause a bot (resume-bot restarts it with the same config)."""
-    _lifecycle("pause", name)
+def pause_bot(targets: NameTargets = None, every: EveryBot = False, labels: Labels = None) -> None:
+    """Pause bots (resume-bot restarts them with the same config)."""
+    _lifecycle("pause", targets, every, labels)
 
 
 @app.command("resume-bot")
-def resume_bot(name: Annotated[str, typer.Argument(help="Bot name or file")]) -> None:
-    """Resume a paused or errored bot."""
-    _lifecycle("resume", name)
+def resume_bot(targets: NameTargets = None, every: EveryBot = False, labels: Labels = None) -> None:
+    """Resume paused or errored bots."""
+    _lifecycle("resume", targets, every, labels)
 
 
 def status_table(rows: list[dict[str, Any]]) -> Table:

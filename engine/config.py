@@ -129,10 +129,14 @@ def _credentials(value: object, info: ValidationInfo) -> object:
     )
 
 
+BOT_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+LABEL = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
+
+
 class BotConfig(_Strict):
     """One bot, as written in `bots/*.yaml`."""
 
-    name: StrictStr = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    name: StrictStr = Field(pattern=BOT_NAME)
     exchange: StrictStr = Field(min_length=1, max_length=64)
     mode: Literal["paper", "live"] = "paper"
     symbol: str = Field(pattern=r"^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$")
@@ -166,6 +170,11 @@ class BotConfig(_Strict):
         None, gt=0, le=30 * 86400.0, description="cancel unfilled limit orders this old"
     )
     on_stop: Literal["leave", "cancel"] = "leave"
+    labels: list[Annotated[StrictStr, Field(pattern=LABEL)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Tags to select bots by (`--label`, the dashboard's filter)",
+    )
 
     @field_validator("exchange")
     @classmethod

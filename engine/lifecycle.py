@@ -21,7 +21,7 @@ from engine.coordination import Mirror
 from engine.db import session_scope
 from engine.errors import BotBusyError, BotEngineError, BotNotFoundError
 from engine.logging import get_logger
-from engine.models import Bot, BotStatus, utcnow
+from engine.models import Bot, BotStatus, listing, utcnow
 from engine.runtime import Runtime
 from engine.schedule import aligned_origin, due_at, parks, timeframe_ms
 
@@ -60,7 +60,7 @@ def start(rt: Runtime, config: BotConfig, source: str | None = None) -> Result:
     rt.coordinator.check()
     digest = config.config_hash()
     for _ in range(_CAS_ATTEMPTS):
-        bot = _get_or_create(rt, config, digest, source)
+        bot = _get_or_create(rt, config, source)
         if bot.status == BotStatus.RUNNING and bot.runner != rt.runner:
             raise BotBusyError(_busy_message(bot))
         if bot.status == BotStatus.RUNNING and bot.config_hash == digest:
@@ -75,10 +75,7 @@ def start(rt: Runtime, config: BotConfig, source: str | None = None) -> Result:
             origin = old_next if old_next > now else now
         origin = first_origin(config, origin)
         values: dict[str, Any] = {
-            "config": config.model_dump(mode="json"),
-            "config_hash": digest,
-            "source": source,
-            "interval_s": config.check_interval,
+            **stored_config(config, source),
             "consecutive_failures": 0,
             "last_error": None,
             "runner": rt.runner,
@@ -105,7 +102,7 @@ def resume(rt: Runtime, name: str) -> Result:
     (or in the foreground process that calls it)."""
     rt.coordinator.check()
     for _ in range(_CAS_ATTEMPTS):
-        bot = _load(rt, name)
+        bot = load(rt, name)
         if bot.status == BotStatus.RUNNING:
             if bot.runner != rt.runner:
                 raise BotBusyError(_busy_message(bot))
@@ -140,7 +137,7 @@ def _halt(rt: Runtime, name: str, status: BotStatus, change: Change) -> Result:
     foreground `botengine run` (its next tick finds the new generation and ends)."""
     rt.coordinator.check()
     for _ in range(_CAS_ATTEMPTS):
-        bot = _load(rt, name)
+        bot = load(rt, name)
         # A chain Redis still runs although the database says halted is stopped too.
         if bot.status == status and rt.coordinator.generation(name) is None:
             return Result(name, Change.UNCHANGED, bot.generation, bot.status)
@@ -213,7 +210,8 @@ def _bump(rt: Runtime, bot: Bot, status: BotStatus, **values: Any) -> int | None
         return gen if result.rowcount == 1 else None  # type: ignore[attr-defined]
 
 
-def _load(rt: Runtime, name: str) -> Bot:
+def load(rt: Runtime, name: str) -> Bot:
+    """The bot's row; `BotNotFoundError` when there is none."""
     with Session(rt.db, expire_on_commit=False) as session:
         bot = session.get(Bot, name)
     if bot is None:
@@ -221,25 +219,29 @@ def _load(rt: Runtime, name: str) -> Bot:
     return bot
 
 
-def _get_or_create(rt: Runtime, config: BotConfig, digest: str, source: str | None) -> Bot:
+def _get_or_create(rt: Runtime, config: BotConfig, source: str | None) -> Bot:
     try:
-        return _load(rt, config.name)
+        return load(rt, config.name)
     except BotNotFoundError:
         pass
     try:
         with session_scope(rt.db) as session:
-            session.add(
-                Bot(
-                    name=config.name,
-                    config=config.model_dump(mode="json"),
-                    config_hash=digest,
-                    source=source,
-                    interval_s=config.check_interval,
-                )
-            )
+            session.add(Bot(name=config.name, **stored_config(config, source)))
     except IntegrityError:
         pass  # a concurrent start created it first; fine, read theirs
-    return _load(rt, config.name)
+    return load(rt, config.name)
+
+
+def stored_config(config: BotConfig, source: str | None) -> dict[str, Any]:
+    """The `bots` values a config sets: the config, its hash, and its listing columns."""
+    dumped = config.model_dump(mode="json")
+    return {
+        "config": dumped,
+        "config_hash": config.config_hash(),
+        "source": source,
+        "interval_s": config.check_interval,
+        **listing(dumped),
+    }
 
 
 def list_bots(rt: Runtime) -> list[Bot]:

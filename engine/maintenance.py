@@ -16,6 +16,7 @@ from engine import orders
 from engine.config import BotConfig
 from engine.coordination import PARKED, SCHEDULE
 from engine.db import session_scope
+from engine.embedded import reachable
 from engine.errors import BotEngineError
 from engine.exchange.factory import data_gateway
 from engine.logging import get_logger
@@ -52,11 +53,14 @@ def price_check(
         targets.append((None, exchange or "simulator", symbol))
     else:
         targets = [(c, c.exchange, s) for c, s in tracked_symbols(rt)]
+    # Run inline by the API because Redis is down, the check goes straight to the
+    # exchange: the shared cache and rate limits live in Redis.
+    redis = rt.redis if rt.redis is not None and reachable(rt.settings.redis_url) else None
     prices = []
     for config, exchange_id, sym in targets:
         gateway = data_gateway(
             exchange_id,
-            redis=rt.redis,
+            redis=redis,
             settings=rt.settings,
             base_url=config.base_url if config else None,
             options=config.exchange_options if config else None,

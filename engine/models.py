@@ -79,6 +79,12 @@ class Bot(SQLModel, table=True):
     # process of `botengine run` ("foreground:<host>:<pid>"), whose chain the reconciler
     # must never restore into Redis.
     runner: str | None = Field(default=None, max_length=128)
+    # Copies of config fields the fleet is listed, filtered and sorted by, so that a
+    # page of 10,000 bots is one indexed query and no JSON is decoded (see listing()).
+    strategy: str = Field(default="", max_length=200, index=True)
+    exchange: str = Field(default="", max_length=64, index=True)
+    symbol: str = Field(default="", max_length=40, index=True)
+    labels: str = Field(default="", max_length=600)  # ",a,b," so LIKE '%,a,%' finds one
     next_slot: int = 0
     ticks_ok: int = 0
     ticks_failed: int = 0
@@ -89,6 +95,17 @@ class Bot(SQLModel, table=True):
     last_error: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UtcDateTime)
+
+
+def listing(config: dict[str, Any]) -> dict[str, str]:
+    """The `bots` columns copied from a stored config (strategy, exchange, symbol, labels)."""
+    labels = config.get("labels") or []
+    return {
+        "strategy": str(config.get("strategy", {}).get("name", "")),
+        "exchange": str(config.get("exchange", "")),
+        "symbol": str(config.get("symbol", "")),
+        "labels": f",{','.join(labels)}," if labels else "",
+    }
 
 
 class Tick(SQLModel, table=True):

@@ -489,6 +489,17 @@ def pnl_from_fills(rows: Sequence[Fill], price: float | None = None) -> PnL:
     return PnL(position=pos, average_cost=avg, realized=realized, unrealized=unrealized, fees=fees)
 
 
+def pnl_history(rows: Sequence[Fill]) -> list[tuple[Fill, PnL]]:
+    """The PnL after each fill, marked at that fill's price: the bot's curve over time."""
+    realized = fees = 0.0
+    curve = []
+    for fill, gained, fee, pos, avg in ledger(rows):
+        realized += gained
+        fees += fee
+        curve.append((fill, PnL(pos, avg, realized, pos * (fill.price - avg), fees)))
+    return curve
+
+
 def ledger(rows: Sequence[Fill]) -> Iterator[tuple[Fill, float, float, float, float]]:
     """Each fill with what it realized (average cost, before fees), its fee in quote
     currency, and the position and average cost after it: the one accounting of

@@ -7,9 +7,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task, signals
+from sqlalchemy.exc import OperationalError as DatabaseOperationalError
 
 from engine.celery_app import app, consumed_queues
+from engine.errors import DatabaseUnavailableError, TemporaryError
 from engine.runtime import get_runtime, start_heartbeat
+
+# Maintenance tasks ride out what passes (an exchange timeout, 429 or 5xx; a database
+# restart) with Celery's own retry, so RETRY is a state the task API shows. Ticks do
+# not: their next slot is their retry.
+RETRIED: dict[str, Any] = {
+    "autoretry_for": (TemporaryError, DatabaseUnavailableError, DatabaseOperationalError),
+    "max_retries": 3,
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+}
 
 
 # Acknowledged when it starts, unlike the other tasks (`task_acks_late`): a redelivered
@@ -108,7 +121,7 @@ def _on_worker_ready(**_: Any) -> None:
     reconcile_orders.delay()
 
 
-@app.task(name="engine.price_check")
+@app.task(name="engine.price_check", **RETRIED)
 def price_check(
     symbol: str | None = None, exchange: str | None = None, bot: str | None = None
 ) -> list[dict[str, Any]]:
@@ -118,7 +131,7 @@ def price_check(
     return maintenance.price_check(get_runtime(), symbol=symbol, exchange=exchange, bot=bot)
 
 
-@app.task(name="engine.price_snapshot", ignore_result=True)
+@app.task(name="engine.price_snapshot", ignore_result=True, **RETRIED)
 def price_snapshot() -> int:
     """Store the price of every tracked symbol (beat, hourly)."""
     from engine import maintenance
@@ -126,7 +139,7 @@ def price_snapshot() -> int:
     return maintenance.price_snapshot(get_runtime())
 
 
-@app.task(name="engine.cleanup", ignore_result=True)
+@app.task(name="engine.cleanup", ignore_result=True, **RETRIED)
 def cleanup() -> dict[str, int]:
     """Delete ticks and snapshots past the retention period (beat, daily at 02:00)."""
     from engine import maintenance

@@ -29,6 +29,10 @@ def bot_summary(bot: Bot) -> dict[str, Any]:
     return {
         "name": bot.name,
         "status": bot.status,
+        "strategy": bot.strategy,
+        "exchange": bot.exchange,
+        "symbol": bot.symbol,
+        "labels": [label for label in bot.labels.split(",") if label],
         "generation": bot.generation,
         "interval_s": bot.interval_s,
         "last_tick_at": iso(bot.last_tick_at),

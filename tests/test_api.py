@@ -635,6 +635,7 @@ def test_task_states_from_the_backend_and_bad_task_ids(api: Api) -> None:
         "state": "PENDING",
         "result": None,
         "error": None,
+        "retries": 0,
     }
     assert got["t-started"]["state"] == "STARTED"
     assert (got["t-retry"]["state"], got["t-retry"]["error"]) == ("RETRY", "ValueError: flaky")
@@ -645,6 +646,7 @@ def test_task_states_from_the_backend_and_bad_task_ids(api: Api) -> None:
         "state": "SUCCESS",
         "result": {"answer": 42},
         "error": None,
+        "retries": 0,
     }
     # And a malformed task id is a 422 naming it
     bad = api.get("/tasks/" + "x" * 300)
@@ -744,10 +746,12 @@ def test_task_states_and_health_against_a_real_worker(engine: Engine) -> None:
     assert sent.status_code == 202
     task_id = sent.json()["task_id"]
     assert sent.json() == {
+        "success": True,
         "task_id": task_id,
         "state": "PENDING",
         "result": None,
         "error": None,
+        "retries": 0,
         "mode": "queued",
     }
     assert client.get(f"/api/v1/tasks/{task_id}", headers=AUTH).json()["state"] == "PENDING"
@@ -846,6 +850,7 @@ def test_openapi_document_lists_the_versioned_endpoints(api: Api) -> None:
         "/api/v1/tasks/ping",
         "/api/v1/tasks/price-check",
         "/api/v1/tasks/{task_id}",
+        "/api/v1/tasks/{task_id}/status",
         "/healthz",
         "/metrics",
     } <= paths

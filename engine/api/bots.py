@@ -6,27 +6,27 @@ calls (and a stop that drains a running tick) never block the event loop.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
-from engine import lifecycle
+from engine import bulk, lifecycle
 from engine.api.configs import ConfigBody, apply_config, config_body, parse_api_config
 from engine.api.deps import RtDep
-from engine.config import BotConfig
+from engine.api.fleet import snapshot_price
+from engine.config import BOT_NAME
 from engine.errors import BotNotFoundError
 from engine.lifecycle import Result
-from engine.models import Bot, Fill, PaperBalance, PriceSnapshot, Tick
-from engine.orders import open_orders, position_and_pnl
-from engine.runtime import Runtime
+from engine.models import Bot, Fill, PaperBalance, Tick
+from engine.orders import open_orders, pnl_history, position_and_pnl
 from engine.secretkeys import redact
-from engine.views import balances_view, bot_summary, open_order_row, pnl_view, tick_row
+from engine.views import balances_view, bot_summary, iso, open_order_row, pnl_view, tick_row
 
 router = APIRouter(prefix="/bots", tags=["bots"])
 
-BOT_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 BotName = Annotated[str, Path(pattern=BOT_NAME, description="The bot's name")]
 MAX_CURSOR = 2**31 - 1  # slots and generations are INTEGER columns: beyond is a 422, not a 500
 LAST_TICKS = 10
@@ -73,8 +73,6 @@ def get_bot(name: BotName, rt: RtDep) -> dict[str, Any]:
     config = bot.config
     return {
         **bot_summary(bot),
-        "exchange": config.get("exchange"),
-        "symbol": config.get("symbol"),
         "mode": config.get("mode", "paper"),
         "source": bot.source,
         # Configs stored before inline secrets were refused may still hold some.
@@ -89,15 +87,8 @@ def get_bot(name: BotName, rt: RtDep) -> dict[str, Any]:
 def _mark_price(session: Session, bot: Bot) -> tuple[float | None, str | None]:
     """The price unrealized PnL is marked at: the newest hourly snapshot of the bot's
     symbol, else its own last fill (no exchange request from the API)."""
-    exchange, symbol = bot.config.get("exchange"), bot.config.get("symbol")
-    snapshot = session.exec(
-        select(PriceSnapshot)
-        .where(PriceSnapshot.exchange == exchange, PriceSnapshot.symbol == symbol)
-        .order_by(col(PriceSnapshot.taken_at).desc())
-        .limit(1)
-    ).first()
-    if snapshot is not None:
-        return snapshot.last, "snapshot"
+    if (price := snapshot_price(session, bot.exchange, bot.symbol)) is not None:
+        return price, "snapshot"
     fill = session.exec(
         select(Fill)
         .where(Fill.bot == bot.name)
@@ -145,17 +136,10 @@ def _result(result: Result) -> dict[str, Any]:
     }
 
 
-def _stored_config(rt: Runtime, name: str) -> tuple[BotConfig, str | None]:
-    with Session(rt.db) as session:
-        bot = _bot(session, name)
-    return BotConfig.model_validate(bot.config), bot.source
-
-
 @router.post("/{name}/start", summary="Start a bot with its stored config")
 def start_bot(name: BotName, rt: RtDep) -> dict[str, Any]:
     """Idempotent: starting a running bot changes nothing."""
-    config, source = _stored_config(rt, name)
-    return _result(lifecycle.start(rt, config, source=source))
+    return _result(bulk.start_stored(rt, name))
 
 
 @router.post("/{name}/stop", summary="Stop a bot; no order is sent after this returns")
@@ -174,6 +158,45 @@ def pause_bot(name: BotName, rt: RtDep) -> dict[str, Any]:
 def resume_bot(name: BotName, rt: RtDep) -> dict[str, Any]:
     """Restarts the chain from now with the stored config."""
     return _result(lifecycle.resume(rt, name))
+
+
+@router.get("/{name}/pnl", summary="A bot's PnL and equity after each fill, oldest first")
+def bot_pnl(
+    name: BotName, rt: RtDep, limit: Annotated[int, Query(ge=2, le=5000)] = 1000
+) -> dict[str, Any]:
+    """`{"start_equity", "points": [{"at", "net", "realized", "unrealized", "fees",
+    "position", "price", "equity"}]}`: net PnL marked at each fill's price, and paper
+    equity (the configured quote balance plus net PnL). Long histories are thinned to
+    `limit` points, the last one always kept."""
+    with Session(rt.db) as session:
+        bot = _bot(session, name)
+        rows = session.exec(
+            select(Fill).where(Fill.bot == name).order_by(col(Fill.filled_at), col(Fill.id))
+        ).all()
+    quote = bot.symbol.split("/")[-1]
+    start = float(bot.config.get("paper", {}).get("balances", {}).get(quote, 0.0))
+    curve = pnl_history(rows)
+    step = max(1, math.ceil(len(curve) / limit))
+    kept = curve[::step] + ([curve[-1]] if curve and (len(curve) - 1) % step else [])
+    return {
+        "start_equity": start,
+        "quote": quote,
+        "points": [
+            {
+                "at": iso(fill.filled_at),
+                "side": fill.side,
+                "amount": fill.amount,
+                "net": round(p.net, 6),
+                "realized": round(p.realized, 6),
+                "unrealized": round(p.unrealized, 6),
+                "fees": round(p.fees, 6),
+                "position": p.position,
+                "price": fill.price,
+                "equity": round(start + p.net, 6),
+            }
+            for fill, p in kept
+        ],
+    }
 
 
 @router.get("/{name}/ticks", summary="A bot's ticks, newest first, paged")

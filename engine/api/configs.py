@@ -10,7 +10,6 @@ and another to the loader. Nothing is imported while a config is checked here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import Request
 from sqlalchemy import update
@@ -105,12 +104,7 @@ def apply_config(rt: Runtime, config: BotConfig, source: str) -> Applied:
     generation bumped, as every config change does); `start`/`resume` use it later.
     """
     digest = config.config_hash()
-    values: dict[str, Any] = {
-        "config": config.model_dump(mode="json"),
-        "config_hash": digest,
-        "source": source,
-        "interval_s": config.check_interval,
-    }
+    values = lifecycle.stored_config(config, source)
     for _ in range(_CAS_ATTEMPTS):
         with Session(rt.db) as session:
             bot = session.get(Bot, config.name)

@@ -16,9 +16,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery, states
-from celery.result import AsyncResult
+from celery import Celery, signals, states
 from fastapi.encoders import jsonable_encoder
+from redis.exceptions import RedisError
 
 from engine.api.errors import ApiError
 from engine.embedded import reachable
@@ -75,9 +75,17 @@ def _error_text(exc: object) -> str:
     return str(exc)
 
 
-def view(task_id: str, state: str, result: Any, mode: str | None = None) -> TaskView:
-    """The answer of every task endpoint: id, Celery state, result or error."""
-    out: TaskView = {"task_id": task_id, "state": state, "result": None, "error": None}
+def view(
+    task_id: str, state: str, result: Any, retries: int = 0, mode: str | None = None
+) -> TaskView:
+    """The answer of every task endpoint: id, Celery state, result or error, retries."""
+    out: TaskView = {
+        "task_id": task_id,
+        "state": state,
+        "result": None,
+        "error": None,
+        "retries": retries,
+    }
     if state == states.SUCCESS:
         out["result"] = jsonable_encoder(result)
     elif state in (states.FAILURE, states.RETRY) and result is not None:
@@ -125,8 +133,9 @@ class Dispatcher:
                 log.warning("api.task_send_failed", task_name=name, error=_error_text(exc))
                 self.probe.forget()
             else:
-                return view(sent.id, states.PENDING, None, mode="queued")
-        return self.run_inline(name, kwargs)
+                return {"success": True, **view(sent.id, states.PENDING, None, mode="queued")}
+        item = self.run_inline(name, kwargs)
+        return {"success": item["state"] != states.FAILURE, **item}
 
     def run_inline(self, name: str, kwargs: dict[str, Any]) -> TaskView:
         """Run task `name` in this process (`Task.apply`), recording its result."""
@@ -139,8 +148,14 @@ class Dispatcher:
             )
         task_id = str(uuid.uuid4())
         log.info("api.task_inline", task_name=name, task_id=task_id)
-        result = task.apply(kwargs=kwargs, task_id=task_id)
-        item = view(task_id, result.state, result.result, mode="inline")
+        retries = _RetryCount(task_id)
+        signals.task_retry.connect(retries, weak=False)
+        try:
+            # Eager: Celery's own retries run at once, one after the other, in this call.
+            result = task.apply(kwargs=kwargs, task_id=task_id)
+        finally:
+            signals.task_retry.disconnect(retries)
+        item = view(task_id, result.state, result.result, retries.count, mode="inline")
         self.inline.put({k: v for k, v in item.items() if k != "mode"})
         return item
 
@@ -148,6 +163,26 @@ class Dispatcher:
         """The task's state from the result backend (or from the inline record)."""
         if (item := self.inline.get(task_id)) is not None:
             return item
-        result: AsyncResult[Any] = AsyncResult(task_id, app=self.celery)
-        state = str(result.state)
-        return view(task_id, state, result.result)
+        try:
+            meta = self.celery.backend.get_task_meta(task_id)
+        except (RedisError, OSError) as exc:
+            raise ApiError(
+                503,
+                "backend_unavailable",
+                f"the result backend is unreachable ({_error_text(exc)}); tasks run now "
+                "run inline and can still be read",
+            ) from exc
+        # `retries` is stored with `result_extended` (engine.celery_app).
+        return view(task_id, str(meta["status"]), meta.get("result"), int(meta.get("retries") or 0))
+
+
+class _RetryCount:
+    """Counts Celery's `task_retry` signals of one inline task."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.count = 0
+
+    def __call__(self, sender: Any = None, request: Any = None, **_: Any) -> None:
+        if request is not None and getattr(request, "id", None) == self.task_id:
+            self.count += 1

@@ -10,7 +10,7 @@ from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.concurrency import run_in_threadpool
 
-from engine.api import bots, errors, ops, tasks
+from engine.api import batch, bots, dashboard, errors, fleet, ops, tasks
 from engine.api.deps import app_runtime, require_token
 from engine.api.gate import Gate
 
@@ -51,7 +51,10 @@ def create_app(*, migrate: bool = True) -> FastAPI:
     auth = [Depends(require_token)]
     app.include_router(bots.router, prefix=API_PREFIX, dependencies=auth)
     app.include_router(tasks.router, prefix=API_PREFIX, dependencies=auth)
+    app.include_router(batch.router, prefix=API_PREFIX, dependencies=auth)
+    app.include_router(fleet.router, prefix=API_PREFIX, dependencies=auth)
     app.include_router(ops.health_router)
+    app.include_router(dashboard.router)
     app.include_router(ops.router)
     errors.install(app)
     # Outermost: bodies bounded and tokens checked before anything reads a request.

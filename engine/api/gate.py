@@ -28,7 +28,9 @@ from engine.settings import Settings
 
 MAX_BODY_BYTES = 256 * 1024
 """The largest body any route takes: a bot config (engine.api.configs) is the biggest."""
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/ui", "/ui/", "/ui/app.js", "/ui/app.css"})
+"""The health check, and the dashboard's static files (they hold no data; the page asks
+for the token and sends it on every API call)."""
 
 
 def is_loopback(host: str | None) -> bool:

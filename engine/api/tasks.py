@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlmodel import Session
 
 from engine.api.deps import DispatcherDep, RtDep
+from engine.config import BOT_NAME
 from engine.errors import BotNotFoundError
 from engine.models import Bot
 
@@ -31,7 +32,7 @@ class PriceCheckRequest(BaseModel):
 
     symbol: str | None = Field(None, pattern=r"^[A-Z0-9]{1,16}/[A-Z0-9]{1,16}$")
     exchange: str | None = Field(None, min_length=1, max_length=64)
-    bot: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    bot: str | None = Field(None, pattern=BOT_NAME)
 
     @model_validator(mode="after")
     def _one_target(self) -> PriceCheckRequest:
@@ -41,6 +42,7 @@ class PriceCheckRequest(BaseModel):
 
 
 def _answer(response: Response, task: dict[str, Any]) -> dict[str, Any]:
+    # `success`: accepted (queued), or run inline without failing.
     # Queued: accepted, not done (202). Inline: done, result included (200).
     response.status_code = 202 if task.get("mode") == "queued" else 200
     return task
@@ -48,7 +50,8 @@ def _answer(response: Response, task: dict[str, Any]) -> dict[str, Any]:
 
 @router.post("/ping", summary="Ask a worker for its name and time", status_code=202)
 def ping(dispatcher: DispatcherDep, response: Response) -> dict[str, Any]:
-    """`{"task_id", "state", "result", "error", "mode": "queued" | "inline"}`."""
+    """`{"success", "task_id", "state", "result", "error", "retries", "mode": "queued" |
+    "inline"}`."""
     return _answer(response, dispatcher.submit(PING))
 
 
@@ -69,6 +72,21 @@ def price_check(
 
 
 @router.get("/{task_id}", summary="A task's state: PENDING, STARTED, SUCCESS, FAILURE, RETRY")
-def task_status(task_id: TaskId, dispatcher: DispatcherDep) -> dict[str, Any]:
-    """Unknown ids read as PENDING (Celery cannot tell them from queued ones)."""
+def task_state(task_id: TaskId, dispatcher: DispatcherDep) -> dict[str, Any]:
+    """`{"task_id", "state", "result", "error", "retries"}`. Unknown ids read as PENDING
+    (Celery cannot tell them from queued ones)."""
     return dispatcher.status(task_id)
+
+
+@router.get("/{task_id}/status", summary="A task's status, as the original task API had it")
+def task_status(task_id: TaskId, dispatcher: DispatcherDep) -> dict[str, Any]:
+    """`{"task_id", "status": "PENDING|STARTED|SUCCESS|FAILURE|RETRY", "result", "error",
+    "retries"}`: the same answer as `GET /tasks/{id}` under the original names."""
+    item = dispatcher.status(task_id)
+    return {
+        "task_id": item["task_id"],
+        "status": item["state"],
+        "result": item["result"],
+        "error": item["error"],
+        "retries": item["retries"],
+    }
