@@ -8,7 +8,7 @@ PROFILE ?= small
 PYTEST_ARGS ?=
 
 .PHONY: install test lint start-bot stop-bot pause-bot resume-bot status worker beat flower \
-        api up down compose-test demo bench chaos simulator
+        api up down compose-test demo bench bench-bulk chaos simulator
 
 install: $(STAMP)
 
@@ -87,6 +87,10 @@ bench: install
 
 chaos: install
 	$(BIN)/python -m benchmarks.chaos --profile $(PROFILE)
+
+# 1,000 bot files validated and started in one command; the fleet API at 10,000 bots.
+bench-bulk: install
+	$(BIN)/python -m benchmarks.bulk
 
 # The outbox and broker tests on the oldest and newest Celery/kombu pyproject.toml allows.
 .PHONY: celery-matrix

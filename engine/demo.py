@@ -103,6 +103,7 @@ def _drive(
     started = time.monotonic()
     header = Text.from_markup(
         f"[bold]botengine demo[/] — {len(configs)} paper bots on the loopback simulator. "
+        f"Dashboard: http://127.0.0.1:{api_port}/ui (token {token}). "
         f"API: http://127.0.0.1:{api_port}/api/v1/bots with `Authorization: Bearer {token}` "
         f"(OpenAPI document: /api/v1/openapi.json). Logs: {workdir}/. "
         "Ctrl-C stops everything.\n"
