@@ -47,11 +47,11 @@ def _run(module: str, args: list[str], timeout: float) -> subprocess.CompletedPr
 
 
 def test_bench_tiny_reports_every_field_for_engine_and_baseline(tmp_path: Path) -> None:
-    # Given the tiny profile (20 bots at 1 s for 15 s, a small saturation phase)
+    # Given the tiny profile (20 bots at 1 s, cut to 6 s, and a 3 s saturation phase)
     # When the benchmark runs
     done = _run(
         "benchmarks.run",
-        ["--profile", "tiny", "--duration", "10", "--saturation-s", "5", "--out", str(tmp_path)],
+        ["--profile", "tiny", "--duration", "6", "--saturation-s", "3", "--out", str(tmp_path)],
         timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -90,7 +90,7 @@ def test_run_beside_the_fleet_refuses_then_takes_over_leaving_one_chain(
     # And once `run` ended, nothing ticks or trades any more: no leftover chain
     assert engine.bot("twin").status == "stopped"
     ticks, orders = len(engine.ticks("twin")), len(engine.orders("twin"))
-    time.sleep(8)  # several reconciler passes and grace periods (FAST settings)
+    time.sleep(5)  # several reconciler passes and a grace period (FAST settings)
     assert len(engine.ticks("twin")) == ticks
     assert len(engine.orders("twin")) == orders
     # And stop-bot has nothing left to stop, and start-bot hands it back to the fleet

@@ -27,6 +27,8 @@ from tests.test_api import AUTH, DEAD, TOKEN, _client, _runtime
 TICKER_503 = {"rules": [{"kind": "http_5xx", "count": 5, "path": "/api/v3/ticker*"}]}
 STATUS_KEYS = {"task_id", "status", "result", "error", "retries"}
 
+pytestmark = pytest.mark.sqlite_only  # the task API keeps no state of its own in the database
+
 
 def test_price_check_retries_through_celery_and_reports_each_state(
     engine: Engine, simulator: Any
