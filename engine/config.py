@@ -41,6 +41,7 @@ from engine.exits import ExitRules
 from engine.outbound import parse_base_url
 from engine.protections import Protections
 from engine.risk import RiskLimits
+from engine.routing import BotRoutes
 from engine.schedule import timeframe_ms
 from engine.secretkeys import INLINE_SECRET, secret_paths
 from engine.units import parse_duration
@@ -166,6 +167,11 @@ class BotConfig(_Strict):
         None, gt=0, le=30 * 86400.0, description="cancel unfilled limit orders this old"
     )
     on_stop: Literal["leave", "cancel"] = "leave"
+    notify: BotRoutes | None = Field(
+        None,
+        description="per channel (webhook, telegram, email): true, false or the bot events"
+        " it sends, e.g. {telegram: [bot.error, bot.exit]}; see docs/notifications.md",
+    )
 
     @field_validator("exchange")
     @classmethod
@@ -218,7 +224,12 @@ class BotConfig(_Strict):
 
     def config_hash(self) -> str:
         """A stable digest of the config: equal configs give equal hashes."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        data = self.model_dump(mode="json")
+        if data.get("notify") is None:
+            # Left out, so configs written before `notify:` existed keep their hash (and
+            # a running bot is not "reconfigured" by the upgrade).
+            data.pop("notify", None)
+        canonical = json.dumps(data, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
