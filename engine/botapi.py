@@ -71,7 +71,7 @@ class BotApi:
             # Telegram says how long to wait in the body; a proxy may say it in the header.
             hint = (answer.get("parameters") or {}).get("retry_after", retry_after)
             raise DeliveryError(message, retry_after=_seconds(hint))
-        raise DeliveryRejectedError(message)
+        raise DeliveryRejectedError(message, status=status)
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._token, "***") if self._token else text

@@ -105,6 +105,10 @@ class DeliveryError(NotifyError):
 class DeliveryRejectedError(NotifyError):
     """Raised when a channel refused a notification (4xx, bad login); retrying would not help."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 class PollerBusyError(BotEngineError):
     """Raised when another `botengine telegram` holds the fleet's poller lock."""

@@ -27,7 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict
 
-from engine.events import BOT_EVENTS, FLEET_EVENTS
+from engine.events import BOT_EVENTS, FLEET_EVENTS, BotEvent
 from engine.logging import get_logger
 
 log = get_logger("engine.routing")
@@ -54,7 +54,7 @@ def _route(value: object) -> object:
     return tuple(dict.fromkeys(value))
 
 
-Route = Annotated[bool | tuple[str, ...] | None, BeforeValidator(_route)]
+Route = Annotated[bool | tuple[BotEvent, ...] | None, BeforeValidator(_route)]
 
 
 class BotRoutes(BaseModel):

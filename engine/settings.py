@@ -252,8 +252,17 @@ def get_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
+        # A check across fields (loc empty) names its variables in its own message.
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+            ": ".join(
+                part
+                for part in (
+                    ".".join(str(p) for p in err["loc"]).upper(),
+                    err["msg"].removeprefix("Value error, "),
+                )
+                if part
+            )
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from None
 

@@ -182,7 +182,7 @@ class Poller:
                 self.sleep(max(wait, exc.retry_after or 0.0))
             except DeliveryRejectedError as exc:
                 # 401: the token is wrong or revoked; nothing will fix that but the operator.
-                if "HTTP 401" in str(exc) or "HTTP 404" in str(exc):
+                if exc.status in (401, 404):
                     raise ConfigError(f"Telegram refused the bot token: {exc}") from None
                 # 409: a webhook is set, or a poller outside this fleet uses the token.
                 failures += 1

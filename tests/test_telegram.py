@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from sqlmodel import Session
 
 from engine import lifecycle, notify, routing
@@ -22,6 +24,7 @@ from engine.channels import TelegramChannel
 from engine.coordination import RedisCoordinator
 from engine.db import engine_for
 from engine.embedded import free_port
+from engine.errors import ConfigError
 from engine.logging import redactor
 from engine.models import Bot, BotStatus
 from engine.runtime import Runtime, claim_ttl, redis_client
@@ -115,6 +118,8 @@ def test_an_alert_reaches_every_configured_chat(alerts: FakeBotApi) -> None:
 
 
 def test_fills_are_off_by_default_and_fleet_events_on(alerts: FakeBotApi) -> None:
+    # Given a bot without `notify:` routing, known to this process
+    routing.remember("alpha", None)
     # When a fill and a stalled fleet are notified
     filled = notify.notify(notify.ORDER_FILLED, bot="alpha", client_order_id="x")
     stalled = notify.notify(notify.FLEET_STALLED, reasons=["no worker"])
@@ -293,7 +298,9 @@ def test_redis_down_is_relayed_and_changes_nothing(
 
 def redis_client_for_dead_port() -> redis.Redis:
     """A client for a port nothing listens on."""
-    return redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    return redis.Redis(
+        host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
 
 
 def test_each_update_is_handled_once_across_a_restart(rt: Runtime, fake: FakeBotApi) -> None:
@@ -337,6 +344,18 @@ def test_the_poll_loop_retries_getupdates_failures(rt: Runtime, fake: FakeBotApi
     assert sleeps[1] >= 20  # Telegram's retry_after, above the loop's own backoff
     assert p.username == BOT_USERNAME
     assert [m for m, _ in fake.calls].count("getMe") == 1
+
+
+def test_a_revoked_token_ends_the_poller_with_a_clear_error(rt: Runtime, fake: FakeBotApi) -> None:
+    # Given a token the Bot API does not know (401)
+    wrong = "987654321:AAWrong-token-0123456789abcdef"
+    assert rt.redis is not None
+    p = Poller(rt, BotApi(fake.url, wrong), [str(OPERATORS)], store=rt.redis, poll_timeout_s=1)
+    # Then the loop stops at once, saying why, without the token
+    with pytest.raises(ConfigError) as caught:
+        p.run(threading.Event())
+    assert "Telegram refused the bot token" in str(caught.value)
+    assert wrong not in str(caught.value)
 
 
 # -- one poller per fleet -------------------------------------------------------------
