@@ -619,6 +619,19 @@ def api(
 
 
 @app.command()
+def telegram(
+    standby: Annotated[bool, typer.Option(help="Wait while another poller runs")] = False,
+) -> None:
+    """Answer /status, /bot, /stop, /pause, /resume from TELEGRAM_CHAT_IDS (one per fleet)."""
+    from engine.telegram import serve
+
+    try:
+        serve(standby=standby)
+    except BotEngineError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
 def flower(
     port: int = 5555,
     address: Annotated[str, typer.Option(help="Listen address (0.0.0.0 in a container)")] = (

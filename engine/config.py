@@ -41,6 +41,7 @@ from engine.exits import ExitRules
 from engine.outbound import parse_base_url
 from engine.protections import Protections
 from engine.risk import RiskLimits
+from engine.routing import BotRoutes
 from engine.schedule import timeframe_ms
 from engine.secretkeys import INLINE_SECRET, secret_paths
 from engine.units import parse_duration
@@ -130,6 +131,8 @@ def _credentials(value: object, info: ValidationInfo) -> object:
 
 
 BOT_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+LATER_FIELDS: dict[str, Any] = {"labels": [], "notify": None}
+"""Fields added after configs were first stored, and their unset values (config_hash)."""
 LABEL = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
 
 
@@ -174,6 +177,11 @@ class BotConfig(_Strict):
         default_factory=list,
         max_length=16,
         description="Tags to select bots by (`--label`, the dashboard's filter)",
+    )
+    notify: BotRoutes | None = Field(
+        None,
+        description="per channel (webhook, telegram, email): true, false or the bot events"
+        " it sends, e.g. {telegram: [bot.error, bot.exit]}; see docs/notifications.md",
     )
 
     @field_validator("exchange")
@@ -227,7 +235,13 @@ class BotConfig(_Strict):
 
     def config_hash(self) -> str:
         """A stable digest of the config: equal configs give equal hashes."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        data = self.model_dump(mode="json")
+        for key, unset in LATER_FIELDS.items():
+            # Left out when unset, so configs written before the field existed keep their
+            # hash (and a running bot is not "reconfigured" by the upgrade).
+            if data.get(key) == unset:
+                data.pop(key, None)
+        canonical = json.dumps(data, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

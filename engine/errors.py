@@ -87,3 +87,28 @@ class OrderRejectedError(ExchangeError):
 
 class OperationalError(ExchangeError):
     """Raised when the account cannot trade (credentials, permissions); stop the bot in error."""
+
+
+class NotifyError(BotEngineError):
+    """Base class of errors delivering a notification (webhook, Telegram, email)."""
+
+
+class DeliveryError(NotifyError):
+    """Raised when a notification could not be delivered for now (network, timeout, 429,
+    5xx); retry later, after `retry_after` seconds when the channel said so."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeliveryRejectedError(NotifyError):
+    """Raised when a channel refused a notification (4xx, bad login); retrying would not help."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class PollerBusyError(BotEngineError):
+    """Raised when another `botengine telegram` holds the fleet's poller lock."""

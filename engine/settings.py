@@ -6,16 +6,25 @@ surfacing later as an odd runtime error deep inside a tick.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from engine.credentials import CredentialStore
 from engine.errors import ConfigError
+from engine.events import ALERTS, EVENTS, URGENT, parse_events
 from engine.outbound import DEFAULT_ALLOWED_BASE_URLS, OutboundPolicy, parse_rule
 
 MIN_TOKEN_LENGTH = 16
@@ -24,6 +33,10 @@ registered secrets wherever they appear, which for a 3-letter value would mangle
 
 CommaList = Annotated[list[str], NoDecode]
 """A list setting written `a,b,c` in the environment."""
+EventList = Annotated[tuple[str, ...], NoDecode, BeforeValidator(parse_events)]
+"""Event names written `bot.error,bot.exit` (or `all`, `none`); see engine/events.py."""
+_CHAT_ID = re.compile(r"^(-?\d{1,20}|@[A-Za-z][A-Za-z0-9_]{3,31})$")
+_BOT_TOKEN = re.compile(r"^\d{1,20}:[A-Za-z0-9_-]{10,}$")
 
 
 class Settings(BaseSettings):
@@ -103,7 +116,28 @@ class Settings(BaseSettings):
     snapshot_every_s: float | None = Field(None, gt=0)
     cleanup_every_s: float | None = Field(None, gt=0)
     cache_cleanup_every_s: float | None = Field(None, gt=0)
+    # Notifications (engine/notify.py, docs/notifications.md): each channel sends the
+    # events of its list; a bot config's `notify:` may narrow or widen them per bot.
     webhook_url: str | None = None
+    webhook_events: EventList = EVENTS
+    # Telegram: one bot for the fleet, alerting these chats and taking commands from them
+    # only (`botengine telegram`). The token is part of every Bot API URL: a secret.
+    telegram_bot_token: SecretStr | None = None
+    telegram_chat_ids: CommaList = Field(default_factory=list)
+    telegram_api_url: str = "https://api.telegram.org"
+    telegram_events: EventList = ALERTS
+    telegram_poll_timeout_s: int = Field(30, ge=1, le=50)  # the Bot API allows up to 50
+    # Email over SMTP: SMTP_STARTTLS upgrades a plain connection (port 587), SMTP_SSL
+    # speaks TLS from the start (port 465; SMTP_STARTTLS then has nothing to upgrade).
+    smtp_host: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str | None = None
+    smtp_to: CommaList = Field(default_factory=list)
+    smtp_starttls: bool = True
+    smtp_ssl: bool = False
+    email_events: EventList = URGENT
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -120,7 +154,13 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("allowed_base_urls", "allowed_exchange_options", mode="before")
+    @field_validator(
+        "allowed_base_urls",
+        "allowed_exchange_options",
+        "telegram_chat_ids",
+        "smtp_to",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -133,6 +173,40 @@ class Settings(BaseSettings):
         for entry in entries:
             parse_rule(entry)  # ValueError names the entry
         return entries
+
+    @field_validator("telegram_chat_ids")
+    @classmethod
+    def _chat_ids(cls, ids: list[str]) -> list[str]:
+        for chat in ids:
+            if not _CHAT_ID.match(chat):
+                raise ValueError(f"{chat!r} is not a chat id (a number like -1001234567890)")
+        return ids
+
+    @field_validator("telegram_bot_token")
+    @classmethod
+    def _bot_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _BOT_TOKEN.match(value.get_secret_value()):
+            # The value itself is never repeated: it is a secret, even when malformed.
+            raise ValueError("must look like 123456789:AA... (as @BotFather gives it)")
+        return value
+
+    @field_validator("telegram_api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _channels_complete(self) -> Settings:
+        # A channel half configured would drop every alert in silence: refuse it at start.
+        if self.telegram_bot_token is not None and not self.telegram_chat_ids:
+            raise ValueError(
+                "TELEGRAM_CHAT_IDS is required with TELEGRAM_BOT_TOKEN (docs/notifications.md)"
+            )
+        if self.smtp_host and not self.smtp_to:
+            raise ValueError("SMTP_TO is required with SMTP_HOST")
+        return self
 
     def outbound_policy(self) -> OutboundPolicy:
         """The base URL and exchange_options allow-lists (engine/outbound.py)."""
@@ -151,7 +225,13 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret these settings hold, for the log redactor."""
-        held = (self.api_token, self.flower_password, self.simulator_admin_token)
+        held = (
+            self.api_token,
+            self.flower_password,
+            self.simulator_admin_token,
+            self.telegram_bot_token,
+            self.smtp_password,
+        )
         values = [s.get_secret_value() for s in held if s]
         values.append(self.simulator_api_secret.get_secret_value())
         for url in (
@@ -172,8 +252,17 @@ def get_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as exc:
+        # A check across fields (loc empty) names its variables in its own message.
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+            ": ".join(
+                part
+                for part in (
+                    ".".join(str(p) for p in err["loc"]).upper(),
+                    err["msg"].removeprefix("Value error, "),
+                )
+                if part
+            )
+            for err in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from None
 

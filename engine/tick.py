@@ -12,7 +12,7 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
-from engine import admission, kernel, metrics, notify, store
+from engine import admission, kernel, metrics, notify, routing, store
 from engine import logging as elog
 from engine.config import BotConfig
 from engine.coordination import Mirror, Next, Verdict
@@ -350,4 +350,6 @@ def bot_setup(rt: Runtime, bot: str, generation: int) -> Setup:
     )
     # One entry per bot, replaced whole: worker threads read this dict concurrently.
     rt.setups[bot] = (generation, setup)
+    # So this bot's notifications follow its `notify:` routing at no cost per tick.
+    routing.remember(bot, config.notify)
     return setup
