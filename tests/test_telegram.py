@@ -22,18 +22,18 @@ from engine import lifecycle, notify, routing
 from engine.botapi import BotApi
 from engine.channels import TelegramChannel
 from engine.coordination import RedisCoordinator
-from engine.db import engine_for
 from engine.embedded import free_port
 from engine.errors import ConfigError
 from engine.logging import redactor
 from engine.models import Bot, BotStatus
-from engine.runtime import Runtime, claim_ttl, redis_client
+from engine.runtime import Runtime, claim_ttl
 from engine.settings import Settings
 from engine.telegram import LEASE_KEY, OFFSET_KEY, Lease, Poller
 from tests.chain_support import bot_config
 from tests.logcapture import json_logs
 from tests.support import python_env
 from tests.telegram_fake import BOT_USERNAME, FakeBotApi, fake_bot_api
+from tests.test_api import _runtime
 
 TOKEN = "123456789:AAFake-token-for-tests_0123456789"
 OPERATORS = 4242
@@ -49,21 +49,7 @@ def fake() -> Iterator[FakeBotApi]:
 
 def make_runtime(redis_url: str, db_url: str) -> Runtime:
     """A runtime on the test Redis and database; ticks are not sent anywhere."""
-    settings = Settings(
-        redis_url=redis_url,
-        celery_broker_url=redis_url,
-        celery_result_backend=redis_url,
-        database_url=db_url,
-        tick_time_limit_s=5,
-    )
-    client = redis_client(redis_url)
-    return Runtime(
-        settings=settings,
-        redis=client,
-        db=engine_for(db_url),
-        coordinator=RedisCoordinator(client, claim_ttl(settings)),
-        enqueue=lambda *a: None,
-    )
+    return _runtime(redis_url, db_url, token=None)
 
 
 @pytest.fixture
