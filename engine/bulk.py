@@ -28,6 +28,7 @@ from engine.runtime import Runtime
 from engine.settings import Settings
 
 BOT_SUFFIXES = (".yaml", ".yml", ".json")
+SCHEMA_SUFFIX = ".schema.json"  # bots/bot.schema.json sits beside the bots: not one of them
 ACTIONS = ("start", "stop", "pause", "resume")
 
 
@@ -49,19 +50,19 @@ class Outcome:
 
 
 def bot_files(targets: Sequence[str]) -> list[Path]:
-    """The bot files named by files, directories (their `*.yaml|yml|json`, sorted) and
-    glob patterns, in order, each once. Raises `BotConfigError` for a target that names
-    no file."""
+    """The bot files named by files, directories (their `*.yaml|yml|json` but JSON
+    schemas, sorted) and glob patterns, in order, each once. Raises `BotConfigError`
+    for a target that names no file."""
     found: dict[Path, None] = {}
     problems = []
     for target in targets:
         path = Path(target)
         if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if p.suffix.lower() in BOT_SUFFIXES)
+            matches = sorted(p for p in path.iterdir() if _bot_file(p))
         elif path.is_file():
             matches = [path]
         elif glob.has_magic(target):
-            matches = sorted(Path(p) for p in glob.glob(target) if Path(p).is_file())
+            matches = sorted(p for p in map(Path, glob.glob(target)) if _bot_file(p))
         else:
             matches = []
         if not matches:
@@ -70,6 +71,11 @@ def bot_files(targets: Sequence[str]) -> list[Path]:
     if problems:
         raise BotConfigError(problems)
     return list(found)
+
+
+def _bot_file(path: Path) -> bool:
+    name = path.name.lower()
+    return path.is_file() and name.endswith(BOT_SUFFIXES) and not name.endswith(SCHEMA_SUFFIX)
 
 
 def load_configs(paths: Iterable[Path]) -> tuple[list[tuple[Path, BotConfig]], list[str]]:

@@ -17,6 +17,8 @@ from tests.chain_support import Engine, bot_yaml
 from tests.support import bin_path
 from tests.test_api import Api, make_api
 
+ROOT = Path(__file__).resolve().parent.parent
+
 pytestmark = pytest.mark.sqlite_only
 
 
@@ -107,6 +109,22 @@ def test_one_bad_file_starts_nothing_and_every_problem_is_named(
     # And files with a selector, or nothing at all, are usage errors
     assert _cli(engine.env, "start-bot", str(folder), "--all").returncode == 2
     assert _cli(engine.env, "stop-bot").returncode == 2
+
+
+def test_the_readmes_commands_on_the_shipped_bots_directory() -> None:
+    # When the example folder is validated as the README shows (its JSON schema beside it)
+    for target in ("bots/", "bots/*"):
+        checked = subprocess.run(
+            [bin_path("botengine"), "validate", target, "--offline"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        # Then every example bot is ok and the schema is not taken for a bot
+        assert checked.returncode == 0, checked.stderr
+        assert checked.stdout.count(": ok (") == len(list((ROOT / "bots").glob("*.yaml")))
+        assert "schema" not in checked.stdout + checked.stderr
 
 
 def test_an_unreachable_exchange_is_one_warning_not_one_per_bot(
