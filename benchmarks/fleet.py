@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import httpx
 from sqlalchemy import insert
 
 from engine import lifecycle
@@ -26,17 +27,42 @@ SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT")
 BULK_BATCH = 500
 
 
+# The simulator's long-run price level of each (engine.exchange.simulator.config).
+LEVELS = {"BTC/USDT": 60_000.0, "ETH/USDT": 3_000.0, "SOL/USDT": 150.0, "BNB/USDT": 600.0}
+MIXED = ("dca", "sma_cross", "rsi_reversion", "grid")
+
+
 def bot_config(
     name: str,
     interval_s: float,
     symbol: str,
     *,
+    strategy: str = "dca",
     dca_every: int = 10,
     dca_offset: int = 0,
     live: bool = False,
     quote_amount: float = 20.0,
 ) -> BotConfig:
-    """A DCA bot on the simulator: paper by default, live on the simulator's account."""
+    """A bot on the simulator (paper by default, live on the simulator's account)
+    running `strategy`: dca, sma_cross, rsi_reversion or grid, with small orders."""
+    level = LEVELS.get(symbol, 100.0)
+    params: dict[str, object] = {
+        "dca": {"quote_amount": quote_amount, "every": dca_every, "offset": dca_offset},
+        "sma_cross": {"fast": 5, "slow": 20, "quote_amount": quote_amount},
+        "rsi_reversion": {"period": 14, "oversold": 45, "overbought": 55, "quote_amount": 20},
+        # A tight grid, so that the random walk crosses its levels within minutes.
+        "grid": {
+            "lower": round(level * 0.99, 2),
+            "upper": round(level * 1.01, 2),
+            "levels": 6,
+            "amount": float(f"{quote_amount / level:.5f}"),
+        },
+    }[strategy]
+    balances = {"USDT": 1_000_000_000.0}
+    extra: dict[str, object] = {}
+    if strategy == "grid":  # it sells above the price from the start, and places 6 at once
+        balances[symbol.split("/")[0]] = 1_000_000.0
+        extra["risk"] = {"max_orders_per_tick": 6}
     return BotConfig.model_validate(
         {
             "name": name,
@@ -44,19 +70,24 @@ def bot_config(
             "mode": "live" if live else "paper",
             "symbol": symbol,
             "check_interval": interval_s,
-            "strategy": {
-                "name": "dca",
-                "params": {"quote_amount": quote_amount, "every": dca_every, "offset": dca_offset},
-            },
-            "paper": {"balances": {"USDT": 1_000_000_000.0}},
+            "strategy": {"name": strategy, "params": params},
+            "paper": {"balances": balances},
+            **extra,
         }
     )
 
 
 def fleet(
-    prefix: str, n: int, interval_s: float, *, dca_every: int = 10, live_every: int = 0
+    prefix: str,
+    n: int,
+    interval_s: float,
+    *,
+    dca_every: int = 10,
+    live_every: int = 0,
+    strategies: str = "dca",
 ) -> list[BotConfig]:
-    """`n` bots named `<prefix>-00000...`; every `live_every`-th one is live (0: none).
+    """`n` bots named `<prefix>-00000...`; every `live_every`-th one is live (0: none);
+    `strategies` "mixed" runs the four built-ins in turn, else every bot runs DCA.
 
     Their DCA cadences are staggered (bot i first buys on tick i mod `dca_every`), so a
     tenth of the ticks place an order from the first interval on, as in the steady
@@ -67,6 +98,7 @@ def fleet(
             f"{prefix}-{i:05d}",
             interval_s,
             SYMBOLS[i % len(SYMBOLS)],
+            strategy=MIXED[(i // len(SYMBOLS)) % len(MIXED)] if strategies == "mixed" else "dca",
             dca_every=dca_every,
             dca_offset=i % dca_every,
             live=bool(live_every) and i % live_every == 0,
@@ -128,6 +160,21 @@ def start_paced(
     )
 
 
+def api_start(base_url: str, token: str) -> Callable[[Runtime, BotConfig], object]:
+    """A `start` for `start_paced` that creates and starts each bot over HTTP, as an
+    operator's tooling would: `PUT /api/v1/bots/{name}` then `POST .../start`."""
+    client = httpx.Client(
+        base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60.0
+    )
+
+    def start(_: Runtime, config: BotConfig) -> object:
+        path = f"/api/v1/bots/{config.name}"
+        client.put(path, json=config.model_dump(mode="json")).raise_for_status()
+        return client.post(f"{path}/start").raise_for_status()
+
+    return start
+
+
 def start_bulk(
     rt: Runtime, configs: Sequence[BotConfig], spread_s: float, lead_s: float = 2.0
 ) -> StartReport:
@@ -147,12 +194,9 @@ def start_bulk(
         rows = [
             {
                 "name": c.name,
-                "config": c.model_dump(mode="json"),
-                "config_hash": c.config_hash(),
-                "source": "benchmark",
+                **lifecycle.stored_config(c, "benchmark"),
                 "status": BotStatus.RUNNING.value,
                 "generation": 1,
-                "interval_s": c.check_interval,
                 "origin": base + (lo + j) * step,
                 "next_slot": 0,
                 "created_at": now,

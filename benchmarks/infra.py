@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +56,7 @@ class Stack:
     db_url: str
     env: dict[str, str]
     procs: ProcessGroup
+    api_url: str | None = None  # a `botengine api` on the stack, once started
 
     def sim(self, path: str, body: dict[str, Any] | None = None) -> Any:
         """Call a simulator admin endpoint (`/_sim/stats`, `/_sim/faults`, ...)."""
@@ -177,6 +179,29 @@ def open_stack(
             redis.__exit__(None, None, None)  # stops the server and removes its directory
         if not keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+@contextmanager
+def own_postgres_database(admin_url: str | None = None) -> Iterator[str]:
+    """A fresh database on a shared PostgreSQL (BENCH_POSTGRES_URL, default this
+    machine's), dropped afterwards: the run's own, so it starts empty and leaves none."""
+    from sqlalchemy import create_engine, text
+
+    admin_url = admin_url or os.environ.get("BENCH_POSTGRES_URL", POSTGRES_ADMIN_URL)
+    name = f"botengine_bench_{os.getpid()}_{int(time.time())}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        engine_for.cache_clear()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 def harness_runtime() -> Runtime:

@@ -9,18 +9,21 @@ while the other side's are down, so they never compete for the CPU.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 
 from benchmarks import fleet, metrics
 from benchmarks.infra import Stack, harness_runtime, switch_interval_env
 from benchmarks.profiles import BenchProfile
 from benchmarks.sampler import Sampler
-from engine.supervise import Proc
+from engine.embedded import free_port
+from engine.supervise import Proc, wait_for
 
 BLOCKED_EVENTS = (
     "tick.duplicate",
@@ -33,6 +36,7 @@ BLOCKED_EVENTS = (
 
 
 WARMUP_S = 5.0
+API_TOKEN = "benchmark-api-token-0123456789"
 
 
 @dataclass
@@ -113,10 +117,16 @@ def baseline_dir(stack: Stack) -> Path:
 def engine_main(stack: Stack, profile: BenchProfile, prefix: str) -> Window:
     """Start N engine bots over one interval, run D seconds, stop them."""
     rt = harness_runtime()
-    configs = fleet.fleet(prefix, profile.bots, profile.interval_s, dca_every=profile.dca_every)
+    configs = fleet.fleet(
+        prefix,
+        profile.bots,
+        profile.interval_s,
+        dca_every=profile.dca_every,
+        strategies=profile.strategies,
+    )
     before = stack.sim("/_sim/stats")["total"]
     t_start = time.time()
-    report = _start(rt, configs, profile, profile.interval_s)
+    report = _start(stack, rt, configs, profile, profile.interval_s)
     # The window opens once every bot's first slot was due, plus a warm-up: first ticks
     # in a fresh worker load markets and parse configs, a cost paid once per process.
     w0 = (
@@ -136,9 +146,15 @@ def engine_main(stack: Stack, profile: BenchProfile, prefix: str) -> Window:
 def engine_saturation(stack: Stack, profile: BenchProfile, prefix: str) -> Window:
     """Many engine bots at 1 s: demand far above capacity for `saturation_s`."""
     rt = harness_runtime()
-    configs = fleet.fleet(prefix, profile.saturation_bots, 1.0, dca_every=profile.dca_every)
+    configs = fleet.fleet(
+        prefix,
+        profile.saturation_bots,
+        1.0,
+        dca_every=profile.dca_every,
+        strategies=profile.strategies,
+    )
     t_start = time.time()
-    report = _start(rt, configs, profile, 1.0)
+    report = _start(stack, rt, configs, profile, 1.0)
     w0 = time.time() + 3.0  # past the start-up burst
     w1 = w0 + profile.saturation_s
     _sleep_until(w1)
@@ -146,9 +162,36 @@ def engine_saturation(stack: Stack, profile: BenchProfile, prefix: str) -> Windo
     return Window(t_start, w0, w1, report, round(stop_s, 1))
 
 
-def _start(rt: Any, configs: list[Any], profile: BenchProfile, spread: float) -> dict[str, Any]:
+def start_api(stack: Stack) -> Proc:
+    """`botengine api` on the stack, for bots started through it (start_mode api)."""
+    port = free_port()
+    api = stack.procs.spawn(
+        "api",
+        [str(Path(sys.executable).with_name("botengine")), "api", "--port", str(port)],
+        {"API_TOKEN": API_TOKEN, "LOG_LEVEL": "WARNING"},
+    )
+    stack.api_url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{stack.api_url}/healthz", timeout=2).status_code in (200, 503)
+        except httpx.HTTPError:
+            return False
+
+    if not wait_for(answers, 60):
+        raise RuntimeError(f"the API did not start; see {stack.procs.log_path('api')}")
+    return api
+
+
+def _start(
+    stack: Stack, rt: Any, configs: list[Any], profile: BenchProfile, spread: float
+) -> dict[str, Any]:
     if profile.start_mode == "bulk":
         report = fleet.start_bulk(rt, configs, spread)
+    elif profile.start_mode == "api":
+        assert stack.api_url is not None, "start_mode api needs the stack's API (start_api)"
+        start = fleet.api_start(stack.api_url, API_TOKEN)
+        report = fleet.start_paced(rt, configs, spread, profile.start_threads, start=start)
     else:
         report = fleet.start_paced(rt, configs, spread, profile.start_threads)
     return {

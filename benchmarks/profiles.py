@@ -31,14 +31,21 @@ class BenchProfile:
     duration_s: float
     latency_ms: float = 0.0
     worker: WorkerSpec = field(default_factory=WorkerSpec)
-    # The strategy each bot runs: DCA buying every `dca_every` ticks (paper fills).
+    # The strategy each bot runs: DCA buying every `dca_every` ticks (paper fills), or
+    # "mixed": the four built-ins in turn (DCA, SMA and RSI on candles, a grid of
+    # resting limit orders), as an operator's fleet runs them.
+    strategies: str = "dca"
     dca_every: int = 10
+    # "sqlite" (in the run's temp dir) or "postgres": a database of the run's own on
+    # the PostgreSQL at BENCH_POSTGRES_URL (default: this machine's, trust auth).
+    database: str = "sqlite"
     # Saturation: this many bots at a 1 s interval for this long, engine and baseline
     # alike; ticks/s over the steady part is the throughput the two are compared on.
     saturation_bots: int = 1000
     saturation_s: float = 30.0
     # How bots are started: "lifecycle" (engine.lifecycle.start, paced over the first
-    # interval from a thread pool) or "bulk" (rows and mirrors written in batches).
+    # interval from a thread pool), "bulk" (rows and mirrors written in batches) or
+    # "api" (PUT and POST .../start against a `botengine api` process, paced alike).
     start_mode: str = "lifecycle"
     start_threads: int = 8
     log_level: str = "INFO"
@@ -88,6 +95,35 @@ BENCH_PROFILES: dict[str, BenchProfile] = {
         # lifecycle.start manages 60-150 starts/s on this machine while workers tick,
         # short of the 167/s (333/s) that spreads the bots over one interval.
         start_mode="bulk",
+    ),
+    # The production shape (#23): PostgreSQL, the four strategies mixed, bots created
+    # and started through the API, two workers as `make worker` starts them.
+    "prod-3k": BenchProfile(
+        "prod-3k",
+        bots=3000,
+        interval_s=10.0,
+        duration_s=120.0,
+        worker=WorkerSpec(workers=2, pool="threads", concurrency=32),
+        strategies="mixed",
+        database="postgres",
+        start_mode="api",
+        start_threads=16,
+        saturation_bots=3000,
+        saturation_s=30.0,
+    ),
+    "prod-10k": BenchProfile(
+        "prod-10k",
+        bots=10_000,
+        interval_s=60.0,
+        duration_s=300.0,
+        latency_ms=50.0,
+        worker=WorkerSpec(workers=2, pool="threads", concurrency=32),
+        strategies="mixed",
+        database="postgres",
+        start_mode="api",
+        start_threads=16,
+        saturation_bots=3000,
+        saturation_s=40.0,
     ),
     # For tests/test_benchmarks.py: a minute of wall time end to end.
     "tiny": BenchProfile(

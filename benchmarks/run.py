@@ -13,6 +13,7 @@ import os
 import secrets
 import sys
 import time
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import redis
 
 from benchmarks import phases, report
-from benchmarks.infra import Stack, open_stack
+from benchmarks.infra import Stack, open_stack, own_postgres_database
 from benchmarks.profiles import BENCH_PROFILES, BenchProfile
 from benchmarks.sampler import Sampler
 
@@ -96,15 +97,21 @@ def run(profile: BenchProfile, args: argparse.Namespace) -> tuple[dict[str, Any]
     tag = secrets.token_hex(2)  # bot names unique per run, also in a reused database
     started = time.time()
     load_before = [round(x, 2) for x in os.getloadavg()]  # others' load skews the figures
-    with open_stack(
-        latency_ms=profile.latency_ms,
-        database_url=args.database_url,
-        log_level=profile.log_level,
-        keep=args.keep,
-        redis_url=args.redis_url,
-        sim_host=args.simulator_host,
-        sim_port=args.simulator_port,
-    ) as stack:
+    with ExitStack() as scope:
+        database_url = args.database_url
+        if database_url is None and profile.database == "postgres":
+            database_url = scope.enter_context(own_postgres_database())
+        stack = scope.enter_context(
+            open_stack(
+                latency_ms=profile.latency_ms,
+                database_url=database_url,
+                log_level=profile.log_level,
+                keep=args.keep,
+                redis_url=args.redis_url,
+                sim_host=args.simulator_host,
+                sim_port=args.simulator_port,
+            )
+        )
         quiet_harness_logs()
         _say(f"{run_id}: run dir {stack.workdir}")
         sampler = Sampler(stack.procs, stack.redis_url).start()
@@ -116,7 +123,13 @@ def run(profile: BenchProfile, args: argparse.Namespace) -> tuple[dict[str, Any]
         "loadavg_before": load_before,
         "wall_s": round(time.time() - started, 1),
         "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]),
-        "database": "sqlite (temp)" if not args.database_url else "given --database-url",
+        "database": (
+            "given --database-url"
+            if args.database_url
+            else "postgresql (the run's own database)"
+            if profile.database == "postgres"
+            else "sqlite (temp)"
+        ),
     }
     baseline = baseline or report.empty_side(engine)
     result = report.build(run_id, profile, engine, baseline, meta)
@@ -144,6 +157,8 @@ def engine_side(stack: Stack, sampler: Sampler, profile: BenchProfile, tag: str)
     """The engine: workers and beat, main and saturation phases, figures."""
     workers = phases.start_workers(stack, profile, "engine")
     beat = stack.procs.beat()
+    if profile.start_mode == "api" and stack.api_url is None:
+        phases.start_api(stack)
     _say("engine main phase")
     main = phases.engine_main(stack, profile, f"e{tag}")
     # Fresh workers and an empty queue, so the main phase's leftovers (messages of

@@ -67,17 +67,17 @@ def test_418_pauses_every_bot_on_the_exchange_with_one_log_line_then_resumes(
 def test_long_interval_slots_are_parked_and_dispatched_when_due(
     engine: Engine,
 ) -> None:
-    # Given an ETA horizon of 10 s and a bot ticking every 16 s
-    engine.procs.env["ETA_HORIZON_S"] = "10"
-    engine.rt.settings = engine.rt.settings.model_copy(update={"eta_horizon_s": 10})
+    # Given an ETA horizon of 3 s and a bot ticking every 6 s
+    engine.procs.env["ETA_HORIZON_S"] = "3"
+    engine.rt.settings = engine.rt.settings.model_copy(update={"eta_horizon_s": 3})
     engine.procs.worker("w1")
     engine.procs.beat()
-    lifecycle.start(engine.rt, bot_config("slow", interval="16s"))
+    lifecycle.start(engine.rt, bot_config("slow", interval="6s"))
     redis = engine.rt.redis
     assert redis is not None
     # When slot 0 has run
     assert wait_for(lambda: engine.bot("slow").ticks_ok == 1, 15)
-    # Then slot 1 (due in 16 s) is parked: no ETA message waits for it
+    # Then slot 1 (due in 6 s) is parked: no ETA message waits for it
     assert wait_for(lambda: redis.zscore(PARKED, "slow") is not None, 5)
     # And it is dispatched when it comes due, so it runs on time
     assert wait_for(lambda: engine.bot("slow").ticks_ok == 2, 25)
