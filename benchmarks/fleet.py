@@ -87,7 +87,7 @@ def fleet(
     strategies: str = "dca",
 ) -> list[BotConfig]:
     """`n` bots named `<prefix>-00000...`; every `live_every`-th one is live (0: none);
-    `strategies` "mixed" runs the four built-ins in turn, else every bot runs DCA.
+    `strategies` "mixed" runs the four built-ins in turn, else every bot runs that one.
 
     Their DCA cadences are staggered (bot i first buys on tick i mod `dca_every`), so a
     tenth of the ticks place an order from the first interval on, as in the steady
@@ -98,7 +98,9 @@ def fleet(
             f"{prefix}-{i:05d}",
             interval_s,
             SYMBOLS[i % len(SYMBOLS)],
-            strategy=MIXED[(i // len(SYMBOLS)) % len(MIXED)] if strategies == "mixed" else "dca",
+            strategy=MIXED[(i // len(SYMBOLS)) % len(MIXED)]
+            if strategies == "mixed"
+            else strategies,
             dca_every=dca_every,
             dca_offset=i % dca_every,
             live=bool(live_every) and i % live_every == 0,

@@ -120,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bots", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--dca-every", type=int, default=10)
+    parser.add_argument(
+        "--strategies",
+        default="dca",
+        choices=["mixed", *fleet.MIXED],
+        help="what every bot runs; mixed: the four built-ins in turn",
+    )
     parser.add_argument("--database-url")
     parser.add_argument("--top", type=int, default=25, help="functions to list")
     args = parser.parse_args(argv)
@@ -140,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
 
         rt = replace(base, enqueue=enqueue)
         # 5 s: successors stay inside the ETA horizon (sent, not parked) for 2 x 25 rounds.
-        configs = fleet.fleet("t", args.bots, 5.0, dca_every=args.dca_every)
+        configs = fleet.fleet(
+            "t", args.bots, 5.0, dca_every=args.dca_every, strategies=args.strategies
+        )
         for config in configs:
             lifecycle.start(rt, config)
         generation = {c.name: 1 for c in configs}
@@ -171,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         ticks = args.bots * args.rounds
         print(
             f"tick cost over {ticks} ticks ({args.bots} bots x {args.rounds} rounds, "
-            f"DCA every {args.dca_every}, db {stack.db_url.split(':')[0]}), one thread:"
+            f"{args.strategies}, DCA every {args.dca_every}, db {stack.db_url.split(':')[0]}),"
+            " one thread:"
         )
         print(f"  wall {1000 * wall / ticks:.2f} ms/tick, CPU {1000 * cpu / ticks:.2f} ms/tick")
         first = 1000 * cold / max(len(rest), 1)

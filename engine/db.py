@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import fcntl
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy import Dialect, Engine, event, make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, create_engine
 
@@ -31,7 +32,36 @@ def make_engine(url: str) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_size=10, max_overflow=20, pool_recycle=1800)
+    event.listen(engine, "checkin", _stamp_checkin)
+    event.listen(engine, "checkout", partial(_ping_if_idle, engine.dialect))
+    return engine
+
+
+IDLE_PING_S = 2.0
+"""A pooled connection idle this long is pinged before use (see _ping_if_idle)."""
+
+
+def _stamp_checkin(_: Any, record: Any) -> None:
+    record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(dialect: Dialect, dbapi_connection: Any, record: Any, _: Any) -> None:
+    """SQLAlchemy's pre-ping, for connections idle a while only. Pinging every checkout
+    cost a round trip per checkout (a tick checks out ~5 times); a busy worker reuses
+    its connections within milliseconds, while one that sat idle (an API between calls,
+    a fleet across a database restart) is the one that may be dead. A dead one makes
+    the pool connect afresh; one that dies in use is invalidated with the pool by the
+    statement that fails (engine.prepared, SQLAlchemy's own execute path)."""
+    last = record.info.get("checked_in_at")
+    if last is not None and time.monotonic() - last < IDLE_PING_S:
+        return
+    try:
+        alive = dialect.do_ping(dbapi_connection)
+    except Exception as exc:
+        raise DisconnectionError("stale pooled connection") from exc
+    if not alive:
+        raise DisconnectionError("stale pooled connection")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
