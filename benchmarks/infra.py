@@ -13,8 +13,8 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -191,7 +191,7 @@ def own_postgres_database(admin_url: str | None = None) -> Iterator[str]:
     from sqlalchemy import create_engine, text
 
     admin_url = admin_url or os.environ.get("BENCH_POSTGRES_URL", POSTGRES_ADMIN_URL)
-    name = f"botengine_bench_{os.getpid()}_{int(time.time())}"
+    name = f"botengine_{uuid.uuid4().hex[:12]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))

@@ -66,6 +66,22 @@ def _override(profile: Any, changes: dict[str, Any]) -> Any:
     return replace(profile, worker=worker, **rest)
 
 
+# The production shape (#23): PostgreSQL, the four strategies mixed, bots created and
+# started through the API, two workers as `make worker` starts them.
+PROD_3K = BenchProfile(
+    "prod-3k",
+    bots=3000,
+    interval_s=10.0,
+    duration_s=120.0,
+    worker=WorkerSpec(workers=2, pool="threads", concurrency=32),
+    strategies="mixed",
+    database="postgres",
+    start_mode="api",
+    start_threads=16,
+    saturation_bots=3000,
+    saturation_s=30.0,
+)
+
 BENCH_PROFILES: dict[str, BenchProfile] = {
     # CI: small enough for a shared runner, big enough to show lateness and overhead.
     "small": BenchProfile(
@@ -96,33 +112,14 @@ BENCH_PROFILES: dict[str, BenchProfile] = {
         # short of the 167/s (333/s) that spreads the bots over one interval.
         start_mode="bulk",
     ),
-    # The production shape (#23): PostgreSQL, the four strategies mixed, bots created
-    # and started through the API, two workers as `make worker` starts them.
-    "prod-3k": BenchProfile(
-        "prod-3k",
-        bots=3000,
-        interval_s=10.0,
-        duration_s=120.0,
-        worker=WorkerSpec(workers=2, pool="threads", concurrency=32),
-        strategies="mixed",
-        database="postgres",
-        start_mode="api",
-        start_threads=16,
-        saturation_bots=3000,
-        saturation_s=30.0,
-    ),
-    "prod-10k": BenchProfile(
-        "prod-10k",
+    "prod-3k": PROD_3K,
+    "prod-10k": replace(
+        PROD_3K,
+        name="prod-10k",
         bots=10_000,
         interval_s=60.0,
         duration_s=300.0,
         latency_ms=50.0,
-        worker=WorkerSpec(workers=2, pool="threads", concurrency=32),
-        strategies="mixed",
-        database="postgres",
-        start_mode="api",
-        start_threads=16,
-        saturation_bots=3000,
         saturation_s=40.0,
     ),
     # For tests/test_benchmarks.py: a minute of wall time end to end.

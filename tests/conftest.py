@@ -119,22 +119,10 @@ def redis_client(redis_url: str) -> redis.Redis:
 
 
 def _postgres_db() -> Iterator[str]:
-    from sqlalchemy import create_engine, text
+    from benchmarks.infra import own_postgres_database
 
-    admin_url = os.environ["TEST_DATABASE_URL"]
-    name = f"botengine_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
-    finally:
-        from engine.db import engine_for
-
-        engine_for.cache_clear()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with own_postgres_database(os.environ["TEST_DATABASE_URL"]) as url:
+        yield url
 
 
 _DB_KINDS = ["sqlite"] + (["postgres"] if os.environ.get("TEST_DATABASE_URL") else [])
